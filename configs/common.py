@@ -1,0 +1,261 @@
+"""The config schema: every option of rankseg_jax, its default, and its validation.
+
+Each dataset config (`configs/ade20k.py`, ...) starts from `base_config()` and changes values;
+it never adds keys. `validate(config)` runs once, before any compilation, and raises
+`ConfigError` naming the option at fault.
+
+Conventions:
+  * sizes are (height, width); image scales are (long side, short side) as in mmseg;
+  * `model.head.topk` is kappa, the number of classes kept per image;
+  * every default below is the official Segmenter+RankSeg ViT-B/16 ADE20K value unless noted.
+"""
+
+from __future__ import annotations
+
+import ml_collections as mlc
+
+# Width, depth and heads of the ViT presets (patch 16, MLP ratio 4).
+VIT_PRESETS = {
+    "ti16": dict(embed_dim=192, depth=12, num_heads=3),
+    "s16": dict(embed_dim=384, depth=12, num_heads=6),
+    "b16": dict(embed_dim=768, depth=12, num_heads=12),
+    "l16": dict(embed_dim=1024, depth=24, num_heads=16),
+}
+
+HEAD_TYPES = ("segmenter", "rankseg")
+ML_ENCODERS = ("tran_enc", "tran_dec", "gap_linear")
+TEMPERATURES = ("rank_adaptive", "shared")
+ORACLES = ("none", "train_eval", "eval")
+IMG_LOSSES = ("asl", "bce")
+SEG_AVERAGES = ("all_pixels", "valid_pixels")
+TEST_MODES = ("whole", "slide")
+DTYPES = ("float32", "bfloat16")
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the option."""
+
+
+def base_config() -> mlc.ConfigDict:
+    """Returns the full schema with defaults (an unlocked ConfigDict)."""
+    c = mlc.ConfigDict()
+    c.seed = 0
+
+    # ------------------------------------------------------------------ model
+    c.model = m = mlc.ConfigDict()
+    m.num_classes = 150
+    m.dtype = "float32"  # compute dtype; params stay float32
+    m.remat = False  # rematerialise transformer blocks in the backward pass
+
+    m.backbone = b = mlc.ConfigDict()
+    b.embed_dim = 768
+    b.depth = 12
+    b.num_heads = 12
+    b.mlp_ratio = 4.0
+    b.patch_size = 16
+    # The stored position embedding covers img_size // patch_size; it is resized (torch-exact
+    # bicubic) at run time to the input's grid when the token count differs.
+    b.img_size = (512, 512)
+    b.qkv_bias = True
+    b.drop_rate = 0.0
+    b.attn_drop_rate = 0.0
+    b.drop_path_rate = 0.1
+    b.final_norm = True
+    b.ln_eps = 1e-6
+    # OCE variant: class embeddings appended before layer `oce_start_layer` (-1 = last layer).
+    b.oce = False
+    b.oce_start_layer = -1
+
+    m.head = h = mlc.ConfigDict()
+    h.type = "rankseg"
+    h.d_model = 768
+    h.num_heads = 12
+    h.d_ff = 3072
+    # Number of head transformer blocks. For `tran_enc` block 0 is the multi-label encoder and
+    # blocks 1.. segment (official n_layers=3); for the other encoders all blocks segment.
+    h.n_layers = 3
+    h.dropout = 0.1
+    h.drop_path_rate = 0.0
+    h.ln_eps = 1e-5
+    h.topk = 50
+    h.downsample = 8  # adaptive-average-pool size of the multi-label encoder's patch grid
+    h.ml_encoder = "tran_enc"
+    h.temperature = "rank_adaptive"
+    h.oracle = "none"
+    # Inference-time dynamic kappa: keep ranks whose sigmoid score >= threshold (at least one),
+    # at most `topk`; 0 disables (static top-kappa).
+    h.dynamic_k_threshold = 0.0
+    # `tran_dec` encoder (DETR-style decoder without self-attention, official ablation).
+    h.dec_num_heads = 8
+    h.dec_d_ff = 2048
+    h.dec_layers = 2
+
+    # ------------------------------------------------------------------ loss
+    c.loss = lo = mlc.ConfigDict()
+    lo.seg_weight = 1.0
+    lo.seg_average = "all_pixels"  # mmseg-0.17: ignored pixels stay in the denominator
+    lo.img_type = "asl"
+    lo.img_weight = 10.0
+    lo.asl_gamma_neg = 2.0
+    lo.asl_gamma_pos = 0.0
+    lo.asl_clip = 0.05
+    lo.asl_eps = 1e-5
+
+    # ------------------------------------------------------------------ data
+    c.data = d = mlc.ConfigDict()
+    d.name = "synthetic"  # see rankseg_jax/datasets.py for the registry
+    d.root = ""  # dataset root on disk (folder layout or prepared ArrayRecord)
+    d.format = "synthetic"  # "folder" | "array_record" | "synthetic"
+    d.ignore_index = 255
+    d.reduce_zero_label = False
+    d.mean = (127.5, 127.5, 127.5)  # RGB
+    d.std = (127.5, 127.5, 127.5)
+    d.crop_size = (512, 512)
+    d.train_scale = (2048, 512)
+    d.ratio_range = (0.5, 2.0)
+    d.cat_max_ratio = 0.75
+    d.flip_prob = 0.5
+    d.photometric = True
+    d.test_scale = (2048, 512)
+    d.num_workers = 0  # grain worker processes (0 = in-process)
+    d.prefetch = 2
+    d.bad_example_policy = "fail"  # "fail" | "skip"
+    d.synthetic = s = mlc.ConfigDict()
+    s.num_train = 2048
+    s.num_val = 64
+    s.image_size = (512, 512)
+    s.min_classes = 2
+    s.max_classes = 8
+    s.num_scenes = 8
+
+    # ------------------------------------------------------------------ train
+    c.train = t = mlc.ConfigDict()
+    t.steps = 160_000
+    t.batch_size = 8  # global batch
+    t.grad_accum = 1
+    t.log_every = 50
+    t.eval_every = 16_000
+    t.ckpt_every = 16_000
+    t.keep_checkpoints = 3
+    t.keep_best = True
+
+    # ------------------------------------------------------------------ optimizer
+    c.optim = o = mlc.ConfigDict()
+    o.name = "sgd"  # "sgd" | "adamw"
+    o.lr = 1e-3
+    o.momentum = 0.9
+    o.weight_decay = 0.0
+    # (substring of the official parameter name, decay multiplier); mmcv semantics: longest key
+    # first, first match wins.
+    o.decay_mult = (("pos_embed", 0.0), ("cls_token", 0.0), ("norm", 0.0))
+    o.schedule = "poly"
+    o.power = 0.9
+    o.min_lr = 1e-5
+    o.warmup_steps = 0
+    o.clip_grad_norm = 0.0  # 0 disables
+    o.b1 = 0.9
+    o.b2 = 0.999
+
+    # ------------------------------------------------------------------ evaluation
+    c.test = e = mlc.ConfigDict()
+    e.mode = "slide"
+    e.crop_size = (512, 512)
+    e.stride = (512, 512)
+    e.scales = (1.0,)  # multi-scale ratios, e.g. (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+    e.flip = False
+    e.max_images = 0  # evaluate on the first N images only (0 = all)
+
+    # ------------------------------------------------------------------ sharding
+    c.mesh = ms = mlc.ConfigDict()
+    ms.data = -1  # -1 fills the remaining devices
+    ms.fsdp = 1
+    ms.tensor = 1
+
+    # ------------------------------------------------------------------ initialisation
+    c.init = i = mlc.ConfigDict()
+    c.init.resume = ""  # orbax checkpoint dir of ours to start from
+    i.pretrained = ""  # backbone weights (.npz AugReg, timm .pth/.safetensors) or full .pth
+    return c
+
+
+def apply_vit_preset(config: mlc.ConfigDict, name: str) -> None:
+    """Sets backbone and head widths from a ViT preset name (`ti16`, `s16`, `b16`, `l16`)."""
+    if name not in VIT_PRESETS:
+        raise ConfigError(f"unknown ViT preset {name!r}; choose one of {sorted(VIT_PRESETS)}")
+    p = VIT_PRESETS[name]
+    b, h = config.model.backbone, config.model.head
+    b.embed_dim, b.depth, b.num_heads = p["embed_dim"], p["depth"], p["num_heads"]
+    h.d_model, h.num_heads, h.d_ff = p["embed_dim"], p["num_heads"], 4 * p["embed_dim"]
+
+
+def parse_arg(arg: str | None, **defaults) -> mlc.ConfigDict:
+    """Parses a `configs/x.py:a,b=2` argument into a dict of flags (`a` -> True)."""
+    out = mlc.ConfigDict(dict(defaults))
+    for part in filter(None, (arg or "").split(",")):
+        key, _, value = part.partition("=")
+        if key not in out:
+            raise ConfigError(f"unknown config variant {key!r}; known: {sorted(out.keys())}")
+        if not value:
+            out[key] = True
+        else:
+            out[key] = type(out[key])(value) if not isinstance(out[key], bool) else value in (
+                "1", "true", "True")
+    return out
+
+
+def _choice(value, choices, name):
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is not one of {choices}")
+
+
+def validate(config: mlc.ConfigDict) -> None:
+    """Checks the config once, before compilation. Raises ConfigError naming the option."""
+    m, b, h = config.model, config.model.backbone, config.model.head
+    _choice(h.type, HEAD_TYPES, "model.head.type")
+    _choice(h.ml_encoder, ML_ENCODERS, "model.head.ml_encoder")
+    _choice(h.temperature, TEMPERATURES, "model.head.temperature")
+    _choice(h.oracle, ORACLES, "model.head.oracle")
+    _choice(m.dtype, DTYPES, "model.dtype")
+    _choice(config.loss.img_type, IMG_LOSSES, "loss.img_type")
+    _choice(config.loss.seg_average, SEG_AVERAGES, "loss.seg_average")
+    _choice(config.test.mode, TEST_MODES, "test.mode")
+    if m.num_classes < 1:
+        raise ConfigError(f"model.num_classes={m.num_classes} must be >= 1")
+    if b.embed_dim % b.num_heads:
+        raise ConfigError(
+            f"model.backbone.embed_dim={b.embed_dim} is not divisible by "
+            f"model.backbone.num_heads={b.num_heads}")
+    if h.d_model % h.num_heads:
+        raise ConfigError(
+            f"model.head.d_model={h.d_model} is not divisible by model.head.num_heads={h.num_heads}")
+    for name, size in (("model.backbone.img_size", b.img_size),
+                       ("data.crop_size", config.data.crop_size),
+                       ("test.crop_size", config.test.crop_size)):
+        if any(s % b.patch_size for s in size):
+            raise ConfigError(
+                f"{name}={tuple(size)} is not a multiple of the patch size {b.patch_size}")
+    if b.oce and h.d_model != b.embed_dim:
+        raise ConfigError(
+            f"model.backbone.oce needs model.head.d_model ({h.d_model}) == "
+            f"model.backbone.embed_dim ({b.embed_dim}): OCE tokens skip proj_dec")
+    if h.type == "rankseg":
+        if not 1 <= h.topk <= m.num_classes:
+            raise ConfigError(
+                f"model.head.topk={h.topk} must be in [1, model.num_classes={m.num_classes}]")
+        if h.ml_encoder == "tran_enc" and h.n_layers < 2:
+            raise ConfigError(
+                f"model.head.n_layers={h.n_layers}: the tran_enc encoder uses block 0, so at "
+                "least 2 blocks are needed")
+        if h.ml_encoder == "tran_dec" and h.d_model % h.dec_num_heads:
+            raise ConfigError(
+                f"model.head.d_model={h.d_model} is not divisible by "
+                f"model.head.dec_num_heads={h.dec_num_heads}")
+        if not 0.0 <= h.dynamic_k_threshold < 1.0:
+            raise ConfigError(
+                f"model.head.dynamic_k_threshold={h.dynamic_k_threshold} must be in [0, 1)")
+    if config.train.batch_size < 1 or config.train.grad_accum < 1:
+        raise ConfigError("train.batch_size and train.grad_accum must be >= 1")
+    if config.train.batch_size % config.train.grad_accum:
+        raise ConfigError(
+            f"train.batch_size={config.train.batch_size} is not divisible by "
+            f"train.grad_accum={config.train.grad_accum}")
