@@ -1,0 +1,293 @@
+"""Registry of dataset definitions: classes, palettes, label semantics, layouts, scales.
+
+`DatasetInfo` holds every fact about a dataset that the sources, transforms and converters need,
+so no other module hard-codes a class count, an ignore value or a folder name.
+
+Label semantics (official_spec.md §8, segmentation_toolboxes.md §2, P8):
+  * uint8 datasets with `reduce_zero_label` (ADE20K, COCO-Stuff-10k, PASCAL-Context-59): mmseg
+    maps 0 -> 255, then label - 1, then 254 -> 255; training ids 0..K-1, ignore 255.
+  * int16 datasets (ADE20K-Full TIFF, COCO+LVIS PNG): the raw uint16 file is read as int16, so
+    65535 becomes -1. COCO+LVIS additionally reduces zero (label - 1, then -2 -> -1).
+    Ignore is -1 for both.
+
+Class names: ADE20K-150, COCO-Stuff-171 and PASCAL-Context-60/59 are the mmseg `CLASSES` tuples
+(ADE's 'bed ' is written without mmseg's trailing space). ADE20K-Full (847) and COCO+LVIS (1284)
+use *placeholder* names `class_0000`, ... because the real lists are too long to transcribe
+reliably; pass a names file (one name per line) to `load_class_names` /
+`config.data.class_names_file` to use the real ones.
+
+Palettes: ADE20K uses mmseg's `ADE20KDataset.PALETTE` (typed from memory of mmseg; only its
+length is checked). Every other dataset uses the deterministic PASCAL-VOC bit-interleaving
+colour map (`voc_colormap`), which gives distinct colours for up to 2**24 classes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+import numpy as np
+
+IMAGENET_MEAN = (123.675, 116.28, 103.53)  # RGB
+IMAGENET_STD = (58.395, 57.12, 57.375)
+HALF_MEAN = (127.5, 127.5, 127.5)  # the `meanstd0.5` configs: pixels in [-1, 1]
+HALF_STD = (127.5, 127.5, 127.5)
+
+# Label file formats a source knows how to decode.
+LABEL_FORMATS = ("png8", "png16", "tiff16", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """Where one split lives under the dataset root (paths relative to the root)."""
+
+    image_dir: str
+    label_dir: str
+    list_file: str = ""  # one image stem per line; empty = every image in image_dir
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """Everything the data side knows about one dataset.
+
+    Attributes:
+      name: registry key.
+      num_classes: K, the number of training classes (ids 0..K-1).
+      class_names: K names, index = training id.
+      palette: uint8 [K, 3] RGB colours for visualisation.
+      ignore_index: the label value of ignored pixels *after* conversion (255 or -1).
+      reduce_zero_label: whether the raw label 0 means "unlabelled" and ids shift down by one.
+      label_format: "png8" | "png16" | "tiff16" | "none" (synthetic).
+      label_bits: 8 or 16, the bit depth of the label file.
+      mean, std: RGB normalisation constants of the official configs.
+      image_suffix, label_suffix: file-name endings, appended to the image stem.
+      splits: (split name, Split) pairs; "val" is the evaluation split.
+      train_scale, test_scale: mmseg (long, short) image scales.
+      crop_size: (h, w) training crop.
+    """
+
+    name: str
+    num_classes: int
+    class_names: tuple[str, ...]
+    palette: np.ndarray = dataclasses.field(compare=False, repr=False)
+    ignore_index: int = 255
+    reduce_zero_label: bool = False
+    label_format: str = "png8"
+    label_bits: int = 8
+    mean: tuple[float, float, float] = HALF_MEAN
+    std: tuple[float, float, float] = HALF_STD
+    image_suffix: str = ".jpg"
+    label_suffix: str = ".png"
+    splits: tuple[tuple[str, Split], ...] = ()
+    train_scale: tuple[int, int] = (2048, 512)
+    test_scale: tuple[int, int] = (2048, 512)
+    crop_size: tuple[int, int] = (512, 512)
+
+    def split(self, name: str) -> Split:
+        """Returns the `Split` called `name`; raises KeyError listing the known splits."""
+        for key, value in self.splits:
+            if key == name:
+                return value
+        raise KeyError(f"dataset {self.name!r} has no split {name!r}; known: "
+                       f"{[k for k, _ in self.splits]}")
+
+
+def voc_colormap(num_classes: int) -> np.ndarray:
+    """PASCAL-VOC colour map: the bits of the class id spread over R, G, B.
+
+    Takes K; returns uint8 [K, 3]. Deterministic and distinct for K <= 2**24.
+    """
+    ids = np.arange(num_classes, dtype=np.int64)
+    cmap = np.zeros((num_classes, 3), dtype=np.int64)
+    for shift in range(7, -1, -1):
+        for ch in range(3):
+            cmap[:, ch] |= ((ids >> ch) & 1) << shift
+        ids = ids >> 3
+    return cmap.astype(np.uint8)
+
+
+def placeholder_names(num_classes: int) -> tuple[str, ...]:
+    """Returns ('class_0000', 'class_0001', ...) of length K, for datasets whose names we lack."""
+    return tuple(f"class_{i:04d}" for i in range(num_classes))
+
+
+def load_class_names(path: str | pathlib.Path, num_classes: int) -> tuple[str, ...]:
+    """Reads a names file (one name per line, blank lines skipped); returns K names.
+
+    Raises ValueError naming the file when the count is not K.
+    """
+    lines = pathlib.Path(path).read_text(encoding="utf-8").splitlines()
+    names = tuple(line.strip() for line in lines if line.strip())
+    if len(names) != num_classes:
+        raise ValueError(f"{path}: {len(names)} class names, expected {num_classes}")
+    return names
+
+
+ADE20K_CLASSES = (
+    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane",
+    "grass", "cabinet", "sidewalk", "person", "earth", "door", "table", "mountain", "plant",
+    "curtain", "chair", "car", "water", "painting", "sofa", "shelf", "house", "sea", "mirror",
+    "rug", "field", "armchair", "seat", "fence", "desk", "rock", "wardrobe", "lamp", "bathtub",
+    "railing", "cushion", "base", "box", "column", "signboard", "chest of drawers", "counter",
+    "sand", "sink", "skyscraper", "fireplace", "refrigerator", "grandstand", "path", "stairs",
+    "runway", "case", "pool table", "pillow", "screen door", "stairway", "river", "bridge",
+    "bookcase", "blind", "coffee table", "toilet", "flower", "book", "hill", "bench",
+    "countertop", "stove", "palm", "kitchen island", "computer", "swivel chair", "boat", "bar",
+    "arcade machine", "hovel", "bus", "towel", "light", "truck", "tower", "chandelier",
+    "awning", "streetlight", "booth", "television receiver", "airplane", "dirt track",
+    "apparel", "pole", "land", "bannister", "escalator", "ottoman", "bottle", "buffet",
+    "poster", "stage", "van", "ship", "fountain", "conveyer belt", "canopy", "washer",
+    "plaything", "swimming pool", "stool", "barrel", "basket", "waterfall", "tent", "bag",
+    "minibike", "cradle", "oven", "ball", "food", "step", "tank", "trade name", "microwave",
+    "pot", "animal", "bicycle", "lake", "dishwasher", "screen", "blanket", "sculpture", "hood",
+    "sconce", "vase", "traffic light", "tray", "ashcan", "fan", "pier", "crt screen", "plate",
+    "monitor", "bulletin board", "shower", "radiator", "glass", "clock", "flag")
+
+ADE20K_PALETTE = (
+    (120, 120, 120), (180, 120, 120), (6, 230, 230), (80, 50, 50), (4, 200, 3),
+    (120, 120, 80), (140, 140, 140), (204, 5, 255), (230, 230, 230), (4, 250, 7),
+    (224, 5, 255), (235, 255, 7), (150, 5, 61), (120, 120, 70), (8, 255, 51), (255, 6, 82),
+    (143, 255, 140), (204, 255, 4), (255, 51, 7), (204, 70, 3), (0, 102, 200), (61, 230, 250),
+    (255, 6, 51), (11, 102, 255), (255, 7, 71), (255, 9, 224), (9, 7, 230), (220, 220, 220),
+    (255, 9, 92), (112, 9, 255), (8, 255, 214), (7, 255, 224), (255, 184, 6), (10, 255, 71),
+    (255, 41, 10), (7, 255, 255), (224, 255, 8), (102, 8, 255), (255, 61, 6), (255, 194, 7),
+    (255, 122, 8), (0, 255, 20), (255, 8, 41), (255, 5, 153), (6, 51, 255), (235, 12, 255),
+    (160, 150, 20), (0, 163, 255), (140, 140, 140), (250, 10, 15), (20, 255, 0), (31, 255, 0),
+    (255, 31, 0), (255, 224, 0), (153, 255, 0), (0, 0, 255), (255, 71, 0), (0, 235, 255),
+    (0, 173, 255), (31, 0, 255), (11, 200, 200), (255, 82, 0), (0, 255, 245), (0, 61, 255),
+    (0, 255, 112), (0, 255, 133), (255, 0, 0), (255, 163, 0), (255, 102, 0), (194, 255, 0),
+    (0, 143, 255), (51, 255, 0), (0, 82, 255), (0, 255, 41), (0, 255, 173), (10, 0, 255),
+    (173, 255, 0), (0, 255, 153), (255, 92, 0), (255, 0, 255), (255, 0, 245), (255, 0, 102),
+    (255, 173, 0), (255, 0, 20), (255, 184, 184), (0, 31, 255), (0, 255, 61), (0, 71, 255),
+    (255, 0, 204), (0, 255, 194), (0, 255, 82), (0, 10, 255), (0, 112, 255), (51, 0, 255),
+    (0, 194, 255), (0, 122, 255), (0, 255, 163), (255, 153, 0), (0, 255, 10), (255, 112, 0),
+    (143, 255, 0), (82, 0, 255), (163, 255, 0), (255, 235, 0), (8, 184, 170), (133, 0, 255),
+    (0, 255, 92), (184, 0, 255), (255, 0, 31), (0, 184, 255), (0, 214, 255), (255, 0, 112),
+    (92, 255, 0), (0, 224, 255), (112, 224, 255), (70, 184, 160), (163, 0, 255),
+    (153, 0, 255), (71, 255, 0), (255, 0, 163), (255, 204, 0), (255, 0, 143), (0, 255, 235),
+    (133, 255, 0), (255, 0, 235), (245, 0, 255), (255, 0, 122), (255, 245, 0), (10, 190, 212),
+    (214, 255, 0), (0, 204, 255), (20, 0, 255), (255, 255, 0), (0, 153, 255), (0, 41, 255),
+    (0, 255, 204), (41, 0, 255), (41, 255, 0), (173, 0, 255), (0, 245, 255), (71, 0, 255),
+    (122, 0, 255), (0, 255, 184), (0, 92, 255), (184, 255, 0), (0, 133, 255), (255, 214, 0),
+    (25, 194, 194), (102, 255, 0), (92, 0, 255))
+
+COCO_STUFF_CLASSES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat",
+    "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack",
+    "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball",
+    "kite", "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket",
+    "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair",
+    "couch", "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse",
+    "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator",
+    "book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush", "banner",
+    "blanket", "branch", "bridge", "building-other", "bush", "cabinet", "cage", "cardboard",
+    "carpet", "ceiling-other", "ceiling-tile", "cloth", "clothes", "clouds", "counter",
+    "cupboard", "curtain", "desk-stuff", "dirt", "door-stuff", "fence", "floor-marble",
+    "floor-other", "floor-stone", "floor-tile", "floor-wood", "flower", "fog", "food-other",
+    "fruit", "furniture-other", "grass", "gravel", "ground-other", "hill", "house", "leaves",
+    "light", "mat", "metal", "mirror-stuff", "moss", "mountain", "mud", "napkin", "net",
+    "paper", "pavement", "pillow", "plant-other", "plastic", "platform", "playingfield",
+    "railing", "railroad", "river", "road", "rock", "roof", "rug", "salad", "sand", "sea",
+    "shelf", "sky-other", "skyscraper", "snow", "solid-other", "stairs", "stone", "straw",
+    "structural-other", "table", "tent", "textile-other", "towel", "tree", "vegetable",
+    "wall-brick", "wall-concrete", "wall-other", "wall-panel", "wall-stone", "wall-tile",
+    "wall-wood", "water-other", "waterdrops", "window-blind", "window-other", "wood")
+
+PASCAL_CONTEXT60_CLASSES = (
+    "background", "aeroplane", "bag", "bed", "bedclothes", "bench", "bicycle", "bird", "boat",
+    "book", "bottle", "building", "bus", "cabinet", "car", "cat", "ceiling", "chair", "cloth",
+    "computer", "cow", "cup", "curtain", "dog", "door", "fence", "floor", "flower", "food",
+    "grass", "ground", "horse", "keyboard", "light", "motorbike", "mountain", "mouse",
+    "person", "plate", "platform", "pottedplant", "road", "rock", "sheep", "shelves",
+    "sidewalk", "sign", "sky", "snow", "sofa", "table", "track", "train", "tree", "truck",
+    "tvmonitor", "wall", "water", "window", "wood")
+
+_ADE_SPLITS = (("train", Split("images/training", "annotations/training")),
+               ("val", Split("images/validation", "annotations/validation")))
+_C10K_SPLITS = (
+    ("train", Split("images/train2014", "annotations/train2014", "imageLists/train.txt")),
+    ("val", Split("images/test2014", "annotations/test2014", "imageLists/test.txt")))
+_C164K_SPLITS = (("train", Split("images/train2017", "annotations/train2017")),
+                 ("val", Split("images/val2017", "annotations/val2017")))
+_PC_SPLITS = (
+    ("train", Split("JPEGImages", "SegmentationClassContext",
+                    "ImageSets/SegmentationContext/train.txt")),
+    ("val", Split("JPEGImages", "SegmentationClassContext",
+                  "ImageSets/SegmentationContext/val.txt")))
+_ADEFULL_SPLITS = (("train", Split("train/image", "train/label")),
+                   ("val", Split("val/image", "val/label")))
+_LVIS_SPLITS = (("train", Split("images/train2017", "lvis_mask/train2017")),
+                ("val", Split("images/val2017", "lvis_mask/val2017")))
+
+
+def _registry() -> dict[str, DatasetInfo]:
+    pc_scale = (4160, 520)  # (520*8, 520): short side 520, as RankSeg/Segmenter (P6)
+    return {
+        "ade20k": DatasetInfo(
+            "ade20k", 150, ADE20K_CLASSES, np.array(ADE20K_PALETTE, np.uint8), 255, True,
+            splits=_ADE_SPLITS),
+        "coco_stuff10k": DatasetInfo(
+            "coco_stuff10k", 171, COCO_STUFF_CLASSES, voc_colormap(171), 255, True,
+            mean=IMAGENET_MEAN, std=IMAGENET_STD, label_suffix="_labelTrainIds.png",
+            splits=_C10K_SPLITS),
+        "coco_stuff164k": DatasetInfo(
+            "coco_stuff164k", 171, COCO_STUFF_CLASSES, voc_colormap(171), 255, False,
+            mean=IMAGENET_MEAN, std=IMAGENET_STD, label_suffix="_labelTrainIds.png",
+            splits=_C164K_SPLITS),
+        "pascal_context60": DatasetInfo(
+            "pascal_context60", 60, PASCAL_CONTEXT60_CLASSES, voc_colormap(60), 255, False,
+            splits=_PC_SPLITS, train_scale=pc_scale, test_scale=pc_scale, crop_size=(480, 480)),
+        "pascal_context59": DatasetInfo(
+            "pascal_context59", 59, PASCAL_CONTEXT60_CLASSES[1:], voc_colormap(60)[1:], 255,
+            True, splits=_PC_SPLITS, train_scale=pc_scale, test_scale=pc_scale,
+            crop_size=(480, 480)),
+        "ade20k_full": DatasetInfo(
+            "ade20k_full", 847, placeholder_names(847), voc_colormap(847), -1, False,
+            label_format="tiff16", label_bits=16, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+            label_suffix=".tif", splits=_ADEFULL_SPLITS),
+        "coco_lvis": DatasetInfo(
+            "coco_lvis", 1284, placeholder_names(1284), voc_colormap(1284), -1, True,
+            label_format="png16", label_bits=16, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+            splits=_LVIS_SPLITS),
+    }
+
+
+DATASETS = tuple(_registry()) + ("synthetic",)
+
+
+def synthetic_info(num_classes: int) -> DatasetInfo:
+    """The procedural dataset's info for K classes (no files; ignore 255, no reduction)."""
+    return DatasetInfo("synthetic", num_classes, placeholder_names(num_classes),
+                       voc_colormap(num_classes), 255, False, label_format="none")
+
+
+def get_dataset_info(name: str, *, num_classes: int | None = None,
+                     class_names_file: str = "") -> DatasetInfo:
+    """Looks up a dataset by registry name.
+
+    Args:
+      name: one of `DATASETS`.
+      num_classes: K for "synthetic" (required there); for real datasets, if given, it must
+        equal the registry's K.
+      class_names_file: optional names file replacing the registry's names (one per line).
+    Returns:
+      The `DatasetInfo`. Raises KeyError for an unknown name, ValueError for a K mismatch.
+    """
+    if name == "synthetic":
+        if num_classes is None:
+            raise ValueError("the synthetic dataset needs num_classes")
+        info = synthetic_info(num_classes)
+    else:
+        registry = _registry()
+        if name not in registry:
+            raise KeyError(f"unknown dataset {name!r}; known: {list(DATASETS)}")
+        info = registry[name]
+        if num_classes is not None and num_classes != info.num_classes:
+            raise ValueError(f"dataset {name!r} has {info.num_classes} classes, "
+                             f"but num_classes={num_classes}")
+    if class_names_file:
+        info = dataclasses.replace(
+            info, class_names=load_class_names(class_names_file, info.num_classes))
+    return info
