@@ -1,0 +1,177 @@
+"""The pre-norm transformer block shared by the ViT backbone and the Segmenter/RankSeg heads.
+
+    x = x + DropPath(Dropout(Attn(norm1(x))))
+    x = x + DropPath(MLP(norm2(x)))
+
+Parameter paths (public contract, see docs/parameters.md):
+    norm1.{scale,bias}  attn.{query,key,value,out}.{kernel,bias}  norm2.{scale,bias}
+    mlp.fc1.{kernel,bias}  mlp.fc2.{kernel,bias}
+query/key/value kernels are [d, d] with head-major columns (head h owns columns
+[h*dh, (h+1)*dh)), the layout of torch's fused in_proj rows transposed.
+
+Randomness is explicit: stochastic ops take a `rng` key (None = deterministic), so a training
+step is a pure function of (params, batch, key) and resumes exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Initializer = Callable[..., jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class InitScheme:
+    """Initialisers of one model part (the official backbone and heads differ)."""
+
+    kernel: Initializer
+    bias: Initializer
+
+
+def torch_default_init() -> InitScheme:
+    """torch.nn.Linear defaults: weight and bias ~ U(+-1/sqrt(fan_in)) (what mmcv leaves)."""
+
+    def kernel(key, shape, dtype=jnp.float32):
+        fan_in = 1
+        for s in shape[:-1]:  # Linear [in, out]; Conv [kh, kw, in, out]
+            fan_in *= s
+        bound = 1.0 / fan_in ** 0.5
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    def bias(key, shape, dtype=jnp.float32, fan_in: int = 1):
+        bound = 1.0 / fan_in ** 0.5
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return InitScheme(kernel, bias)
+
+
+def trunc_normal_init() -> InitScheme:
+    """Official head init: weight trunc_normal(std 0.02, bounds +-2 absolute), bias 0."""
+
+    def kernel(key, shape, dtype=jnp.float32):
+        return 0.02 * jax.random.truncated_normal(key, -100.0, 100.0, shape, dtype)
+
+    return InitScheme(kernel, lambda key, shape, dtype=jnp.float32, fan_in=1: jnp.zeros(
+        shape, dtype))
+
+
+def dense(d_in: int, d_out: int, init: InitScheme, dtype, rngs: nnx.Rngs,
+          use_bias: bool = True) -> nnx.Linear:
+    """An nnx.Linear (kernel [d_in, d_out]) initialised with `init`, computing in `dtype`."""
+    return nnx.Linear(
+        d_in, d_out, use_bias=use_bias, dtype=dtype, kernel_init=init.kernel,
+        bias_init=lambda key, shape, dt=jnp.float32: init.bias(key, shape, dt, fan_in=d_in),
+        rngs=rngs)
+
+
+def layer_norm(dim: int, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    """LayerNorm with biased variance computed as E[(x-mean)^2] (torch numerics), float32."""
+    return nnx.LayerNorm(dim, epsilon=eps, use_fast_variance=False, dtype=jnp.float32,
+                         rngs=rngs)
+
+
+def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
+    """Inverted dropout; identity when rng is None or rate == 0."""
+    if rng is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+def drop_path(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
+    """Stochastic depth per sample (timm semantics): keep the branch with prob 1 - rate."""
+    if rng is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(rng, 1.0 - rate, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+def split_rng(rng: jax.Array | None, n: int) -> list[jax.Array | None]:
+    """n independent keys from rng, or n Nones when rng is None."""
+    return [None] * n if rng is None else list(jax.random.split(rng, n))
+
+
+class Attention(nnx.Module):
+    """Multi-head self-attention with separate q/k/v projections (head-major columns)."""
+
+    def __init__(self, dim: int, num_heads: int, *, qkv_bias: bool = True,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0, init: InitScheme,
+                 dtype=jnp.float32, rngs: nnx.Rngs):
+        self.num_heads = num_heads
+        self.attn_drop = attn_drop
+        self.proj_drop = proj_drop
+        self.query = dense(dim, dim, init, dtype, rngs, use_bias=qkv_bias)
+        self.key = dense(dim, dim, init, dtype, rngs, use_bias=qkv_bias)
+        self.value = dense(dim, dim, init, dtype, rngs, use_bias=qkv_bias)
+        self.out = dense(dim, dim, init, dtype, rngs)
+
+    def __call__(self, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
+        """x: [B, N, d] -> [B, N, d]."""
+        b, n, d = x.shape
+        h = self.num_heads
+        dh = d // h
+        q = self.query(x).reshape(b, n, h, dh)
+        k = self.key(x).reshape(b, n, h, dh)
+        v = self.value(x).reshape(b, n, h, dh)
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (dh ** -0.5)
+        # Softmax in float32 even for bf16 compute.
+        probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+        rng_attn, rng_proj = split_rng(rng, 2)
+        probs = dropout(probs, self.attn_drop, rng_attn)
+        y = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, n, d)
+        return dropout(self.out(y), self.proj_drop, rng_proj)
+
+
+class Mlp(nnx.Module):
+    """fc1 -> exact (erf) GELU -> dropout -> fc2 -> dropout."""
+
+    def __init__(self, dim: int, hidden: int, *, drop: float = 0.0, init: InitScheme,
+                 dtype=jnp.float32, rngs: nnx.Rngs):
+        self.drop = drop
+        self.fc1 = dense(dim, hidden, init, dtype, rngs)
+        self.fc2 = dense(hidden, dim, init, dtype, rngs)
+
+    def __call__(self, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
+        """x: [..., d] -> [..., d]."""
+        r1, r2 = split_rng(rng, 2)
+        x = jax.nn.gelu(self.fc1(x), approximate=False)
+        x = dropout(x, self.drop, r1)
+        return dropout(self.fc2(x), self.drop, r2)
+
+
+class Block(nnx.Module):
+    """Pre-norm transformer block (backbone: eps 1e-6; heads: eps 1e-5)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_dim: int, *, eps: float,
+                 qkv_bias: bool = True, drop: float = 0.0, attn_drop: float = 0.0,
+                 drop_path: float = 0.0, init: InitScheme, dtype=jnp.float32,
+                 rngs: nnx.Rngs):
+        self.drop_path = drop_path
+        self.norm1 = layer_norm(dim, eps, rngs)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop,
+                              proj_drop=drop, init=init, dtype=dtype, rngs=rngs)
+        self.norm2 = layer_norm(dim, eps, rngs)
+        self.mlp = Mlp(dim, mlp_dim, drop=drop, init=init, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
+        """x: [B, N, d] -> [B, N, d]; rng None means eval (no dropout, no drop path)."""
+        r_attn, r_mlp, r_dp1, r_dp2 = split_rng(rng, 4)
+        dtype = x.dtype
+        x = x + drop_path(self.attn(self.norm1(x).astype(dtype), r_attn), self.drop_path, r_dp1)
+        x = x + drop_path(self.mlp(self.norm2(x).astype(dtype), r_mlp), self.drop_path, r_dp2)
+        return x
+
+
+def run_blocks(blocks, x: jax.Array, rng: jax.Array | None, remat: bool = False) -> jax.Array:
+    """Applies a sequence of Blocks, each with its own key; optionally rematerialised."""
+    for blk, key in zip(blocks, split_rng(rng, len(blocks)), strict=True):
+        if remat:
+            x = nnx.remat(lambda m, y, k: m(y, k))(blk, x, key)
+        else:
+            x = blk(x, key)
+    return x
