@@ -118,8 +118,10 @@ def base_config() -> mlc.ConfigDict:
     d.photometric = True
     d.test_scale = (2048, 512)
     d.num_workers = 0  # grain worker processes (0 = in-process)
-    d.prefetch = 2
-    d.bad_example_policy = "fail"  # "fail" | "skip"
+    d.prefetch = 2  # batches read ahead per process (and per worker)
+    d.read_threads = 2  # threads per process (or worker) building batches ahead
+    d.bad_example_policy = "fail"  # "fail" | "skip" (skip: replaced, counted, logged)
+    d.class_names_file = ""  # optional names file (one per line), e.g. for ade20k_full
     d.synthetic = s = mlc.ConfigDict()
     s.num_train = 2048
     s.num_val = 64
