@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 _ROOT = str(pathlib.Path(__file__).resolve().parents[1])
-if _ROOT not in sys.path:  # plain `pytest` (not `python -m pytest`) does not put the repo root first
+if _ROOT not in sys.path:  # plain `pytest` does not put the repo root on sys.path
     sys.path.insert(0, _ROOT)
 
 from tests.reference import numpy_ref as R  # noqa: E402
