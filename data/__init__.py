@@ -1,0 +1,1 @@
+"""Dataset preparation: converters from mmseg folder layouts to ArrayRecord shards."""
