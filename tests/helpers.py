@@ -1,0 +1,38 @@
+"""Shared test helpers: the tiny configs of the official fixtures."""
+
+from __future__ import annotations
+
+import sys
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from configs import common  # noqa: E402
+
+FIXTURES = ROOT / "tests" / "fixtures" / "official"
+
+
+def tiny_config(kind: str = "rankseg", *, num_classes: int = 20, topk: int = 8,
+                downsample: int = 2, img_size=(64, 64), embed_dim: int = 64, depth: int = 2,
+                heads: int = 2):
+    """The fixtures' tiny model (embed 64, 2 layers, 2 heads, K=20, top-k 8, pool 2).
+
+    kind: 'baseline' (Segmenter head, 2 blocks) or 'rankseg' (3 blocks).
+    """
+    c = common.base_config()
+    c.model.num_classes = num_classes
+    b = c.model.backbone
+    b.embed_dim, b.depth, b.num_heads, b.img_size = embed_dim, depth, heads, tuple(img_size)
+    b.drop_path_rate = 0.0
+    h = c.model.head
+    h.d_model, h.num_heads, h.d_ff, h.dropout = embed_dim, heads, 4 * embed_dim, 0.0
+    if kind == "baseline":
+        h.type, h.n_layers = "segmenter", 2
+    else:
+        h.type, h.n_layers, h.topk, h.downsample = "rankseg", 3, topk, downsample
+    c.data.crop_size = tuple(img_size)
+    c.test.crop_size = c.test.stride = (48, 48)
+    common.validate(c)
+    return c
