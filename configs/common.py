@@ -139,7 +139,9 @@ def base_config() -> mlc.ConfigDict:
     t.eval_every = 16_000
     t.ckpt_every = 16_000
     t.keep_checkpoints = 3
-    t.keep_best = True
+    t.keep_best = True  # also keep the checkpoint with the best val mIoU
+    t.async_checkpointing = True
+    t.check_finite_every = 1  # host check of loss/grad finiteness every N steps (0 = never)
 
     # ------------------------------------------------------------------ optimizer
     c.optim = o = mlc.ConfigDict()
@@ -153,10 +155,12 @@ def base_config() -> mlc.ConfigDict:
     o.schedule = "poly"
     o.power = 0.9
     o.min_lr = 1e-5
-    o.warmup_steps = 0
+    o.warmup_steps = 0  # mmcv linear warmup over the first N iterations (0 = none)
+    o.warmup_ratio = 1e-6  # warmup starts at warmup_ratio * lr
     o.clip_grad_norm = 0.0  # 0 disables
     o.b1 = 0.9
     o.b2 = 0.999
+    o.eps = 1e-8  # AdamW epsilon
 
     # ------------------------------------------------------------------ evaluation
     c.test = e = mlc.ConfigDict()
@@ -172,6 +176,9 @@ def base_config() -> mlc.ConfigDict:
     ms.data = -1  # -1 fills the remaining devices
     ms.fsdp = 1
     ms.tensor = 1
+    # FSDP shards a parameter (its largest dim divisible by mesh.fsdp) only above this many
+    # elements; smaller ones are replicated (gathering them costs more than it saves).
+    ms.fsdp_min_size = 1 << 18
 
     # ------------------------------------------------------------------ initialisation
     c.init = i = mlc.ConfigDict()
