@@ -26,8 +26,13 @@ import sys
 from PIL import Image
 
 from rankseg_jax.datasets import DATASETS, DatasetInfo, get_dataset_info
-from rankseg_jax.sources import (RECORD_VERSION, BadExampleError, decode_pair, encode_record,
-                                 list_pairs)
+from rankseg_jax.sources import (
+    RECORD_VERSION,
+    BadExampleError,
+    decode_pair,
+    encode_record,
+    list_pairs,
+)
 
 
 def _pil_full_decode(data: bytes, where: str) -> None:
@@ -63,10 +68,12 @@ def write_split(src: pathlib.Path, out: pathlib.Path, info: DatasetInfo, split: 
     shards = [f"{split}.array_record-{i:05d}-of-{num_shards:05d}" for i in range(num_shards)]
     checksums = {}
     jobs = [(img, ann, name, info) for img, ann, name in pairs]
-    with concurrent.futures.ProcessPoolExecutor(max(1, num_workers)) as pool:
-        results = pool.map(check_pair, jobs, chunksize=16)
+    pool = concurrent.futures.ProcessPoolExecutor(num_workers) if num_workers > 1 else None
+    try:
+        results = pool.map(check_pair, jobs, chunksize=16) if pool else map(check_pair, jobs)
         writer, shard = None, -1
-        for i, ((img, ann, _), (record, h_img, h_ann)) in enumerate(zip(pairs, results)):
+        for i, (pair, result) in enumerate(zip(pairs, results, strict=True)):
+            (img, ann, _), (record, h_img, h_ann) = pair, result
             if i // shard_size != shard:
                 if writer is not None:
                     writer.close()
@@ -79,6 +86,9 @@ def write_split(src: pathlib.Path, out: pathlib.Path, info: DatasetInfo, split: 
             if (i + 1) % 1000 == 0:
                 print(f"{split}: {i + 1}/{len(pairs)}", file=sys.stderr)
         writer.close()
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     return {"num_examples": len(pairs), "shards": shards, "sha256": checksums}
 
 

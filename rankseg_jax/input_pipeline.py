@@ -26,6 +26,7 @@ import threading
 import grain
 import jax
 import numpy as np
+from absl import flags
 
 from rankseg_jax import transforms
 from rankseg_jax.datasets import DATASETS, DatasetInfo, get_dataset_info
@@ -180,6 +181,10 @@ def train_dataset(config, *, process_index: int, process_count: int) -> grain.It
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=d.read_threads,
                                               prefetch_buffer_size=d.prefetch))
     if d.num_workers > 0:
+        # grain's workers read absl flags; outside an absl app (tests, notebooks) they are not
+        # parsed yet, so take the defaults rather than crash.
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=d.num_workers,
                                                          per_worker_buffer_size=d.prefetch))
     return it

@@ -140,7 +140,8 @@ def decode_pair(image_bytes: bytes, label_bytes: bytes, info: DatasetInfo, name:
 # --------------------------------------------------------------------------- folder layout
 
 
-def list_pairs(root: str | os.PathLike, info: DatasetInfo, split: str) -> list[tuple[str, str, str]]:
+def list_pairs(root: str | os.PathLike, info: DatasetInfo,
+               split: str) -> list[tuple[str, str, str]]:
     """Lists the (image path, label path, name) pairs of a split in its mmseg layout.
 
     Uses the split's list file when it has one, else every `*{image_suffix}` in the image
@@ -162,10 +163,10 @@ def list_pairs(root: str | os.PathLike, info: DatasetInfo, split: str) -> list[t
         # A label without an image is as much a broken pair as the reverse.
         stems = set(names)
         for p in sorted(ann_dir.iterdir()) if ann_dir.is_dir() else ():
-            if p.name.endswith(info.label_suffix) and \
-                    p.name[: -len(info.label_suffix)] not in stems:
-                raise BadExampleError(f"{p}: label without image "
-                                      f"{img_dir / (p.name[:-len(info.label_suffix)] + info.image_suffix)}")
+            stem = p.name[: -len(info.label_suffix)]
+            if p.name.endswith(info.label_suffix) and stem not in stems:
+                raise BadExampleError(
+                    f"{p}: label without image {img_dir / (stem + info.image_suffix)}")
     pairs = []
     for name in names:
         img, ann = img_dir / (name + info.image_suffix), ann_dir / (name + info.label_suffix)
@@ -215,7 +216,8 @@ def decode_record(record: bytes) -> tuple[str, bytes, bytes]:
     (n,) = struct.unpack_from("<I", record, 0)
     header = json.loads(record[4:4 + n].decode("utf-8"))
     if header.get("v") != RECORD_VERSION:
-        raise BadExampleError(f"record of {header.get('name')!r}: unknown version {header.get('v')}")
+        raise BadExampleError(
+            f"record of {header.get('name')!r}: unknown version {header.get('v')}")
     start = 4 + n
     mid = start + header["image_len"]
     end = mid + header["label_len"]

@@ -89,7 +89,10 @@ class SyntheticSource:
         return np.array(chosen, np.int64)
 
     def _layout(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """Voronoi cells of warped coordinates at 1/4 resolution; returns (cell class slot, ignore)."""
+        """Voronoi cells of warped coordinates at 1/4 resolution.
+
+        Returns (class slot per cell pixel, ignore mask), both [H/4, W/4].
+        """
         H, W = self.image_size
         h, w = max(H // 4, 8), max(W // 4, 8)
         seeds = max(n, int(rng.integers(n, 3 * n + 1)))

@@ -5,6 +5,7 @@ import io
 import json
 
 import cv2
+import data_layouts as dl
 import numpy as np
 import pytest
 from PIL import Image
@@ -12,9 +13,13 @@ from PIL import Image
 from data.prepare import main as prepare_main
 from data.prepare import prepare
 from rankseg_jax import datasets
-from rankseg_jax.sources import (ArrayRecordSource, BadExampleError, FolderSource, decode_record,
-                                 encode_record)
-import data_layouts as dl
+from rankseg_jax.sources import (
+    ArrayRecordSource,
+    BadExampleError,
+    FolderSource,
+    decode_record,
+    encode_record,
+)
 
 REAL = [n for n in datasets.DATASETS if n != "synthetic"]
 
