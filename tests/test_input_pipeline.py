@@ -3,6 +3,8 @@ per-process slicing, bad-example policy, global arrays and eval examples."""
 
 import hashlib
 import json
+import os
+import pathlib
 import subprocess
 import sys
 
@@ -72,8 +74,9 @@ print(json.dumps(take(it, 5)))
 
 def test_deterministic_in_a_fresh_process():
     here = take(ip.make_train_iterator(small_config(), process_index=0, process_count=1), 5)
+    repo = pathlib.Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", _SUBPROCESS], capture_output=True, text=True,
-                         check=True, env={"JAX_PLATFORMS": "cpu", "PATH": ""}, cwd=".")
+                         check=True, env=dict(os.environ, JAX_PLATFORMS="cpu"), cwd=repo)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == here
     assert len(set(here)) == 5
     other = small_config()
