@@ -1,0 +1,201 @@
+"""Train state, shapes-first sharded initialisation and the jitted train step.
+
+The train state is a plain pytree {'step': int32 [], 'params': pure nested dict,
+'opt_state': optax state}; the model is rebuilt inside the step with
+`nnx.merge(graphdef, params)`, so jit boundaries only see arrays. Shapes come first:
+`nnx.eval_shape` gives the parameter shapes, the partition rules give their shardings, and
+`jax.jit(init, out_shardings=...)` creates every array directly in its shards (unsharded
+parameters are never materialised).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from rankseg_jax import losses as losses_lib
+from rankseg_jax import metrics as metrics_lib
+from rankseg_jax import optim, ranking, sharding
+from rankseg_jax.models.segmentor import build_model
+
+
+@dataclasses.dataclass
+class TrainSetup:
+    """Everything static about training: model graph, optimizer, shapes and shardings."""
+    config: mlc.ConfigDict
+    mesh: jax.sharding.Mesh
+    graphdef: Any  # nnx GraphDef of the Segmentor (Params split out)
+    tx: optax.GradientTransformation
+    abstract_state: Any  # pytree of jax.ShapeDtypeStruct carrying .sharding
+    state_shardings: Any  # pytree of NamedSharding, same structure as the state
+
+
+def _params_of(model: nnx.Module) -> dict:
+    state = nnx.state(model)
+    rest = nnx.state(model, nnx.Not(nnx.Param))
+    if jax.tree.leaves(rest):
+        raise ValueError("the model has non-Param state, which the trainer does not carry: "
+                         f"{jax.tree.map(jnp.shape, rest)}")
+    return nnx.to_pure_dict(nnx.state(model, nnx.Param)) if state is not None else {}
+
+
+def make_setup(config: mlc.ConfigDict, mesh: jax.sharding.Mesh) -> TrainSetup:
+    """Shapes, optimizer and shardings of the train state, without allocating anything."""
+    abstract_model = nnx.eval_shape(lambda: build_model(config, nnx.Rngs(config.seed)))
+    graphdef, _ = nnx.split(abstract_model, nnx.Param)
+    abs_params = _params_of(abstract_model)
+    tx = optim.make_optimizer(config, abs_params)
+    abs_opt = jax.eval_shape(tx.init, abs_params)
+    abs_state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": abs_params,
+                 "opt_state": abs_opt}
+    # The rules key on path suffixes and shapes, so optimizer moments (whose paths end with
+    # the parameter's path and have its shape) get the parameter's sharding, and scalars
+    # such as optax counts are replicated.
+    shardings = sharding.param_shardings(abs_state, mesh, config)
+    abs_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                             abs_state, shardings)
+    return TrainSetup(config, mesh, graphdef, tx, abs_state, shardings)
+
+
+def init_state(setup: TrainSetup) -> dict:
+    """Random official-style init, created directly in its shards."""
+    config, tx = setup.config, setup.tx
+
+    def init():
+        params = _params_of(build_model(config, nnx.Rngs(config.seed)))
+        return {"step": jnp.zeros((), jnp.int32), "params": params,
+                "opt_state": tx.init(params)}
+
+    return jax.jit(init, out_shardings=setup.state_shardings)()
+
+
+def state_from_params(setup: TrainSetup, params) -> dict:
+    """A fresh train state (step 0, new optimizer state) around given params.
+
+    params: pure nested dict (numpy or jax arrays); placed onto the parameter shardings.
+    """
+    p_sh = setup.state_shardings["params"]
+    params = jax.tree.map(lambda x, a, s: jax.device_put(jnp.asarray(x, a.dtype), s),
+                          params, setup.abstract_state["params"], p_sh)
+    opt = jax.jit(setup.tx.init, out_shardings=setup.state_shardings["opt_state"])(params)
+    step = jax.device_put(jnp.zeros((), jnp.int32), setup.state_shardings["step"])
+    return {"step": step, "params": params, "opt_state": opt}
+
+
+def model_from_params(setup: TrainSetup, params) -> nnx.Module:
+    """An nnx Segmentor view of `params` (for evaluation and prediction)."""
+    return nnx.merge(setup.graphdef, params)
+
+
+# --------------------------------------------------------------------------- step
+
+
+def _loss_and_metrics(setup: TrainSetup, params, images, labels, rng):
+    """Loss and per-batch sums of the logged metrics for one (micro-)batch."""
+    config = setup.config
+    info_k = config.model.num_classes
+    model = nnx.merge(setup.graphdef, params)
+    gt = ranking.class_presence(labels, info_k) if model.use_oracle_train else None
+    out = model(images, train=True, rng=rng, gt_present=gt)
+    terms = losses_lib.segmentation_losses(out, labels, config.loss, info_k,
+                                           config.data.ignore_index)
+    aux = {k: v.astype(jnp.float32) for k, v in terms.items()}
+    if "topk_index" in out:
+        # Image-level top-kappa recall (GT classes that made the list) and precision.
+        hist = ranking.class_histogram(labels, info_k)
+        rec, rec_ok = metrics_lib.img_recall_per_image(hist, out["topk_index"])
+        prec, prec_ok = metrics_lib.img_accuracy_per_image(hist, out["topk_index"])
+        aux["img_recall_sum"] = jnp.sum(rec * rec_ok)
+        aux["img_recall_count"] = jnp.sum(rec_ok).astype(jnp.float32)
+        aux["img_precision_sum"] = jnp.sum(prec * prec_ok)
+        aux["img_precision_count"] = jnp.sum(prec_ok).astype(jnp.float32)
+    return terms["loss"].astype(jnp.float32), aux
+
+
+def make_train_step(setup: TrainSetup) -> Callable:
+    """The jitted step: (state, batch, base_key) -> (state, metrics).
+
+    batch: {'image': float32 [B,H,W,3], 'label': int32 [B,H,W]} global arrays sharded over
+    ('data','fsdp'). base_key: the run's PRNG key; the step's dropout key is
+    fold_in(base_key, step), so a step is a pure function of (state, batch) and resume is
+    exact. With train.grad_accum = A the batch is split into A micro-batches of B/A (strided,
+    so each device keeps its own rows) and gradients are averaged in a `lax.scan`.
+    A non-finite loss or gradient leaves the state unchanged and reports finite=0.
+    The state argument is donated.
+    """
+    config, mesh = setup.config, setup.mesh
+    accum = config.train.grad_accum
+    grad_fn = jax.value_and_grad(
+        lambda p, x, y, r: _loss_and_metrics(setup, p, x, y, r), has_aux=True)
+    micro_sharding = NamedSharding(mesh, P(None, sharding.BATCH_AXES))
+
+    def grads_and_aux(params, batch, rng):
+        images, labels = batch["image"], batch["label"]
+        if accum == 1:
+            (_, aux), grads = grad_fn(params, images, labels, rng)
+            return grads, aux
+
+        def split(x):
+            x = x.reshape(x.shape[0] // accum, accum, *x.shape[1:])
+            return jax.lax.with_sharding_constraint(jnp.swapaxes(x, 0, 1), micro_sharding)
+
+        xs = (jnp.arange(accum), split(images), split(labels))
+        zero = jax.eval_shape(lambda: grad_fn(params, xs[1][0], xs[2][0], rng))
+        zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (zero[1], zero[0][1]))
+
+        def body(carry, inp):
+            i, x, y = inp
+            (_, aux), g = grad_fn(params, x, y, jax.random.fold_in(rng, i))
+            return jax.tree.map(jnp.add, carry, (g, aux)), None
+
+        (grads, aux), _ = jax.lax.scan(body, zero, xs)
+        # Sums of counts stay sums; means (losses, grads) are averaged over micro-batches.
+        grads = jax.tree.map(lambda g: g / accum, grads)
+        aux = {k: v if k.endswith(("_sum", "_count")) else v / accum for k, v in aux.items()}
+        return grads, aux
+
+    def step_fn(state, batch, base_key):
+        params = state["params"]
+        rng = jax.random.fold_in(base_key, state["step"])
+        grads, aux = grads_and_aux(params, batch, rng)
+        updates, opt_state = setup.tx.update(grads, state["opt_state"], params)
+        new_params = optax.apply_updates(params, updates)
+        grad_norm = optim.tree_norm(grads)
+        finite = jnp.isfinite(aux["loss"]) & jnp.isfinite(grad_norm)
+        new = {"step": state["step"] + 1, "params": new_params, "opt_state": opt_state}
+        # Keep the last good state in memory if this step blew up (the loop then stops).
+        new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
+        metrics = dict(aux)
+        metrics.update(grad_norm=grad_norm, param_norm=optim.tree_norm(new_params),
+                       finite=finite.astype(jnp.float32))
+        return new, metrics
+
+    repl = sharding.replicated(mesh)
+    batch_sh = sharding.batch_sharding(mesh)
+    return jax.jit(step_fn,
+                   in_shardings=(setup.state_shardings, {"image": batch_sh, "label": batch_sh},
+                                 repl),
+                   out_shardings=(setup.state_shardings, repl),
+                   donate_argnums=(0,))
+
+
+def finalize_metrics(raw: dict) -> dict:
+    """Host-side: turn the step's sums into means and floats."""
+    out = {}
+    for k, v in raw.items():
+        if k.endswith("_count"):
+            continue
+        if k.endswith("_sum"):
+            name = k[: -len("_sum")]
+            cnt = float(raw[name + "_count"])
+            out[name] = float(v) / cnt if cnt else float("nan")
+        else:
+            out[k] = float(v)
+    return out
