@@ -170,6 +170,14 @@ def base_config() -> mlc.ConfigDict:
     e.scales = (1.0,)  # multi-scale ratios, e.g. (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
     e.flip = False
     e.max_images = 0  # evaluate on the first N images only (0 = all)
+    # Memory-light inference (docs/evaluation.md): logits only for the union of the classes the
+    # windows chose, argmax over `class_chunk` classes at a time at full resolution. False =
+    # the literal full-K path (B x K x H x W float32), for checks and benchmarks.
+    e.memory_light = True
+    e.class_chunk = 64
+    # Original sizes are padded up to a multiple of this before the full-resolution combine, so
+    # images of different sizes share compilations (the padding is cropped off; exact).
+    e.size_bucket = 32
 
     # ------------------------------------------------------------------ sharding
     c.mesh = ms = mlc.ConfigDict()
@@ -262,6 +270,11 @@ def validate(config: mlc.ConfigDict) -> None:
         if not 0.0 <= h.dynamic_k_threshold < 1.0:
             raise ConfigError(
                 f"model.head.dynamic_k_threshold={h.dynamic_k_threshold} must be in [0, 1)")
+    if config.test.class_chunk < 1 or config.test.size_bucket < 1:
+        raise ConfigError(f"test.class_chunk={config.test.class_chunk} and test.size_bucket="
+                          f"{config.test.size_bucket} must be >= 1")
+    if not config.test.scales or any(r <= 0 for r in config.test.scales):
+        raise ConfigError(f"test.scales={tuple(config.test.scales)} must be non-empty and > 0")
     if config.train.batch_size < 1 or config.train.grad_accum < 1:
         raise ConfigError("train.batch_size and train.grad_accum must be >= 1")
     if config.train.batch_size % config.train.grad_accum:
