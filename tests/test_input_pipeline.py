@@ -106,19 +106,24 @@ def test_resume_continues_exactly(workers):
                                                    process_count=1), 8)
 
 
-def test_orbax_checkpoint_roundtrip(tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_orbax_checkpoint_roundtrip(tmp_path, workers):
     ocp = pytest.importorskip("orbax.checkpoint")
-    config = small_config()
-    full = take(ip.make_train_iterator(config, process_index=0, process_count=1), 6)
+    config = small_config(num_workers=workers)
+    full = take(ip.make_train_iterator(small_config(), process_index=0, process_count=1), 6)
     it = ip.make_train_iterator(config, process_index=0, process_count=1)
     take(it, 2)
     with ocp.CheckpointManager(tmp_path / "ckpt") as mngr:
         mngr.save(2, args=ocp.args.Composite(ds=grain.checkpoint.CheckpointSave(it)))
         mngr.wait_until_finished()
+    if workers:
+        it.close()
     restored = ip.make_train_iterator(config, process_index=0, process_count=1)
     with ocp.CheckpointManager(tmp_path / "ckpt") as mngr:
         mngr.restore(2, args=ocp.args.Composite(ds=grain.checkpoint.CheckpointRestore(restored)))
     assert take(restored, 4) == full[2:]
+    if workers:
+        restored.close()
 
 
 def test_process_slices_partition_the_global_batch():
