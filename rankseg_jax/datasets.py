@@ -291,3 +291,17 @@ def get_dataset_info(name: str, *, num_classes: int | None = None,
         info = dataclasses.replace(
             info, class_names=load_class_names(class_names_file, info.num_classes))
     return info
+
+
+def data_config_values(name: str) -> dict:
+    """The `config.data` values a dataset config should set for registry dataset `name`.
+
+    Returns {'name', 'ignore_index', 'reduce_zero_label', 'mean', 'std', 'crop_size',
+    'train_scale', 'test_scale'}; use as `config.data.update(data_config_values('ade20k'))`
+    (and set `model.num_classes = get_dataset_info(name).num_classes`).
+    """
+    info = get_dataset_info(name, num_classes=150 if name == "synthetic" else None)
+    return {"name": info.name, "ignore_index": info.ignore_index,
+            "reduce_zero_label": info.reduce_zero_label, "mean": info.mean, "std": info.std,
+            "crop_size": info.crop_size, "train_scale": info.train_scale,
+            "test_scale": info.test_scale}

@@ -224,3 +224,17 @@ def test_png_label_is_not_read_as_palette_colours(tmp_path):
     (root / "annotations/training/train_000.png").write_bytes(buf.getvalue())
     label = FolderSource(root, info, "train")[0]["label"]
     np.testing.assert_array_equal(label, dl.expected_ids("ade20k"))
+
+
+def test_data_config_values_pass_the_pipeline_checks():
+    from configs.common import base_config
+    from rankseg_jax.input_pipeline import dataset_info
+
+    for name in REAL:
+        c = base_config()
+        c.data.update(datasets.data_config_values(name))
+        c.data.format = "folder"
+        c.model.num_classes = datasets.get_dataset_info(name).num_classes
+        assert dataset_info(c).name == name
+    pc = datasets.data_config_values("pascal_context60")
+    assert pc["crop_size"] == (480, 480) and pc["test_scale"] == (4160, 520)
