@@ -1,0 +1,93 @@
+"""Weight conversion: external checkpoints -> our params, and ours -> official mmseg `.pth`.
+
+Public API:
+  load_pretrained(model, path, config, *, fmt='auto', allow_partial=False, reset_head=False)
+      -> Report. Loads any supported source into `model` in place (used for
+      `config.init.pretrained`).
+  read_checkpoint(path, config, expected, ...) -> (params {our path: array}, Report).
+  export_official(model, config, path, meta=None) -> state dict written as mmseg `.pth`.
+  FORMATS, CheckpointMismatch, Report.
+CLI: `python -m rankseg_jax.convert --config=... --src=... --out=...` (see __main__.py and
+docs/conversion.md).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import pathlib
+
+import ml_collections as mlc
+from flax import nnx
+
+from rankseg_jax.convert import formats, official
+from rankseg_jax.convert.official import CheckpointMismatch, Report  # noqa: F401
+
+FORMATS = formats.FORMATS
+
+
+def file_sha256(path: str | pathlib.Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_checkpoint(path: str | pathlib.Path, config: mlc.ConfigDict,
+                    expected: dict | None, *, fmt: str = "auto", allow_partial: bool = False,
+                    reset_head: bool = False) -> tuple[dict, Report]:
+    """Reads and converts `path` for a model built from `config`.
+
+    expected: our path -> shape (`official.param_shapes(model)`). fmt: 'auto' detects from the
+    extension and keys, else one of FORMATS. Returns ({our path: array}, Report).
+    """
+    sd, dropped = formats.read_any(path)
+    detected = formats.detect_format(sd, path)
+    if fmt == "auto":
+        fmt = detected
+    elif fmt not in FORMATS:
+        raise ValueError(f"format={fmt!r} is not 'auto' or one of {FORMATS}")
+    params, report = formats.convert(sd, config, fmt, expected=expected,
+                                     allow_partial=allow_partial, reset_head=reset_head,
+                                     source=str(path))
+    report.ignored = dropped + report.ignored
+    if detected != fmt:
+        report.warnings.append(f"format forced to {fmt!r}; keys look like {detected!r}")
+    return params, report
+
+
+def load_pretrained(model: nnx.Module, path: str | pathlib.Path, config: mlc.ConfigDict, *,
+                    fmt: str = "auto", allow_partial: bool = False,
+                    reset_head: bool = False) -> Report:
+    """Loads a checkpoint of any supported format into `model` (built from `config`).
+
+    Backbone-only sources (timm, npz) need allow_partial=True: the head keeps its fresh init.
+    reset_head=True keeps the model's fresh head even if the source has one (class-count or
+    head-variant change). Raises CheckpointMismatch naming every offending key.
+    """
+    params, report = read_checkpoint(path, config, official.param_shapes(model), fmt=fmt,
+                                     allow_partial=allow_partial, reset_head=reset_head)
+    official.load_into(model, params)
+    return report
+
+
+def config_summary(config: mlc.ConfigDict) -> dict:
+    m = config.model
+    return {"num_classes": m.num_classes, "backbone": m.backbone.to_dict(),
+            "head": m.head.to_dict()}
+
+
+def export_official(model: nnx.Module, config: mlc.ConfigDict, path: str | pathlib.Path,
+                    meta: dict | None = None) -> dict:
+    """Writes `model` as an official mmseg-0.17 `.pth` (`{'state_dict', 'meta'}`).
+
+    The state dict has exactly the official keys, shapes and order of the configured variant
+    (loadable with strict=True). Returns the numpy state dict.
+    """
+    sd = official.export_state_dict(official.model_params(model), config)
+    info = {"exported_by": "rankseg_jax", "time": datetime.datetime.now().isoformat(),
+            "mmseg_version": "0.17.0", "config_summary": config_summary(config)}
+    info.update(meta or {})
+    official.write_pth(path, sd, info)
+    return sd

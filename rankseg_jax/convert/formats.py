@@ -1,0 +1,245 @@
+"""Source formats other than official mmseg: reading, detection and mapping tables.
+
+Every format has an explicit table (our path, source key, transform kind) built from the
+config, and the shared engine `official.map_state_dict` does the checking. Formats:
+
+  mmseg      official RankSeg / mmseg-0.17 `.pth` (`official.py`): backbone + decode head.
+  segmenter  original Segmenter (rstrudel/segmenter) `{'model': sd}` with `encoder.*` /
+             `decoder.*`: backbone + Segmenter mask-transformer head. Encoder LN eps 1e-5.
+  timm       timm ViT (`.pth`, `.bin`, `.safetensors`): backbone only.
+  npz        Google ViT / AugReg `.npz` (optional `opt/target/` prefix): backbone only.
+
+Readers are safe: `torch.load(weights_only=True)`, `safetensors`, `np.load(allow_pickle=False)`;
+torch is imported only for `.pth` / `.bin`.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Mapping
+
+import ml_collections as mlc
+import numpy as np
+
+from rankseg_jax.convert import official
+from rankseg_jax.convert.official import (CONV, HEADS_BIAS, HEADS_IN, HEADS_OUT, IDENTITY,
+                                          CheckpointMismatch, Row)
+
+FORMATS = ("mmseg", "segmenter", "timm", "npz")
+BACKBONE_ONLY = ("timm", "npz")
+
+# Source keys that are dropped by design (classifier heads of the pre-training task).
+TIMM_IGNORED = ("head.weight", "head.bias", "pre_logits.fc.weight", "pre_logits.fc.bias")
+SEGMENTER_IGNORED = ("encoder.head.weight", "encoder.head.bias")
+NPZ_IGNORED = ("head/kernel", "head/bias", "pre_logits/kernel", "pre_logits/bias")
+NPZ_PREFIX = "opt/target/"
+
+
+# ------------------------------------------------------------------------------ tables
+
+def timm_backbone_rows(config: mlc.ConfigDict, prefix: str = "") -> list[Row]:
+    """timm `VisionTransformer` keys (also the rstrudel Segmenter encoder with `encoder.`)."""
+    b = config.model.backbone
+    rows = [Row(("backbone", "cls_token"), f"{prefix}cls_token", IDENTITY),
+            Row(("backbone", "pos_embed"), f"{prefix}pos_embed", IDENTITY),
+            Row(("backbone", "patch_embed", "kernel"), f"{prefix}patch_embed.proj.weight", CONV),
+            Row(("backbone", "patch_embed", "bias"), f"{prefix}patch_embed.proj.bias", IDENTITY)]
+    for i in range(b.depth):
+        ours, theirs = ("backbone", "layers", i), f"{prefix}blocks.{i}"
+        official._norm(rows, ours + ("norm1",), f"{theirs}.norm1")
+        official._fused_qkv(rows, ours + ("attn",), f"{theirs}.attn.qkv.weight",
+                            f"{theirs}.attn.qkv.bias")
+        official._linear(rows, ours + ("attn", "out"), f"{theirs}.attn.proj")
+        official._norm(rows, ours + ("norm2",), f"{theirs}.norm2")
+        official._linear(rows, ours + ("mlp", "fc1"), f"{theirs}.mlp.fc1")
+        official._linear(rows, ours + ("mlp", "fc2"), f"{theirs}.mlp.fc2")
+    if b.final_norm:
+        official._norm(rows, ("backbone", "final_norm"), f"{prefix}norm")
+    if b.oce:  # no source has it: listed so that it is reported (kept at init, zeros)
+        rows.append(Row(("backbone", "cls_emb"), f"{prefix}cls_emb", IDENTITY))
+    return rows
+
+
+def segmenter_rows(config: mlc.ConfigDict) -> list[Row]:
+    """rstrudel/segmenter `Segmenter` (ViT encoder + `MaskTransformer` decoder).
+
+    Its decoder has the same module names as the mmseg port, under `decoder.` instead of
+    `decode_head.`; only the baseline mask-transformer head (no OCE) exists there.
+    """
+    rows = timm_backbone_rows(config, "encoder.")
+    rows += [Row(r.path, "decoder." + r.key[len("decode_head."):], r.kind)
+             for r in official.head_rows(config)]
+    return rows
+
+
+def npz_rows(config: mlc.ConfigDict) -> list[Row]:
+    """Google ViT / AugReg `.npz` keys (spec §2.8); tensors are already in Flax layout."""
+    b = config.model.backbone
+    t = "Transformer/"
+    rows = [Row(("backbone", "cls_token"), "cls", IDENTITY),
+            Row(("backbone", "pos_embed"), t + "posembed_input/pos_embedding", IDENTITY),
+            Row(("backbone", "patch_embed", "kernel"), "embedding/kernel", IDENTITY),
+            Row(("backbone", "patch_embed", "bias"), "embedding/bias", IDENTITY)]
+    for i in range(b.depth):
+        ours, e = ("backbone", "layers", i), f"{t}encoderblock_{i}/"
+        m = e + "MultiHeadDotProductAttention_1/"
+        official._norm(rows, ours + ("norm1",), e + "LayerNorm_0", "scale", "bias")
+        for name in ("query", "key", "value"):
+            rows.append(Row(ours + ("attn", name, "kernel"), f"{m}{name}/kernel", HEADS_OUT))
+            rows.append(Row(ours + ("attn", name, "bias"), f"{m}{name}/bias", HEADS_BIAS))
+        rows.append(Row(ours + ("attn", "out", "kernel"), m + "out/kernel", HEADS_IN))
+        rows.append(Row(ours + ("attn", "out", "bias"), m + "out/bias", IDENTITY))
+        official._norm(rows, ours + ("norm2",), e + "LayerNorm_2", "scale", "bias")
+        for j, name in enumerate(("fc1", "fc2")):
+            rows.append(Row(ours + ("mlp", name, "kernel"), f"{e}MlpBlock_3/Dense_{j}/kernel",
+                            IDENTITY))
+            rows.append(Row(ours + ("mlp", name, "bias"), f"{e}MlpBlock_3/Dense_{j}/bias",
+                            IDENTITY))
+    if b.final_norm:
+        official._norm(rows, ("backbone", "final_norm"), t + "encoder_norm", "scale", "bias")
+    if b.oce:
+        rows.append(Row(("backbone", "cls_emb"), "cls_emb", IDENTITY))
+    return rows
+
+
+def backbone_only_head_rows(config: mlc.ConfigDict, prefix: str) -> list[Row]:
+    """Rows for the head params, under a prefix no backbone source has: reported missing."""
+    return [Row(r.path, prefix + r.key, r.kind) for r in official.head_rows(config)]
+
+
+# ------------------------------------------------------------------------------ reading
+
+def strip_prefixes(sd: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Drops `module.` (DDP) / `model.` wrappers when every key has them."""
+    sd = dict(sd)
+    for prefix in ("module.", "model."):
+        if sd and all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix):]: v for k, v in sd.items()}
+    return sd
+
+
+def read_torch(path: str | pathlib.Path) -> tuple[dict[str, np.ndarray], list[str]]:
+    """`.pth` / `.bin` -> (state dict, dropped top-level entries). weights_only=True."""
+    try:
+        import torch
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("reading .pth/.bin checkpoints needs torch") from e
+    obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    if not isinstance(obj, Mapping):
+        raise CheckpointMismatch(f"{path}: expected a dict, got {type(obj).__name__}")
+    container = next((c for c in ("state_dict", "model", "module")
+                      if isinstance(obj.get(c), Mapping)), None)
+    sd = obj[container] if container else obj
+    # e.g. 'optimizer', 'meta', 'epoch', 'lr_scheduler': not carried.
+    extra = [f"top-level entry {k!r}" for k in obj if k != container] if container else []
+    extra += [f"non-tensor entry {k!r}" for k, v in sd.items() if not hasattr(v, "detach")]
+    return strip_prefixes(official.tensors_to_numpy(sd)), extra
+
+
+def read_safetensors(path: str | pathlib.Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    try:
+        sd = load_file(str(path))
+    except (TypeError, ValueError):  # bfloat16 has no numpy dtype: go through torch
+        from safetensors.torch import load_file as load_torch
+
+        sd = official.tensors_to_numpy(load_torch(str(path)))
+    return strip_prefixes(sd)
+
+
+def read_npz(path: str | pathlib.Path) -> dict[str, np.ndarray]:
+    with np.load(str(path), allow_pickle=False) as f:
+        sd = {k: np.asarray(f[k]) for k in f.files}
+    if NPZ_PREFIX + "embedding/kernel" in sd:
+        sd = {k[len(NPZ_PREFIX):] if k.startswith(NPZ_PREFIX) else k: v for k, v in sd.items()}
+    return sd
+
+
+def read_any(path: str | pathlib.Path) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Reads a checkpoint by extension. Returns (flat state dict, dropped container entries)."""
+    suffix = pathlib.Path(path).suffix.lower()
+    if suffix == ".npz":
+        return read_npz(path), []
+    if suffix == ".safetensors":
+        return read_safetensors(path), []
+    if suffix in (".pth", ".pt", ".bin", ".ckpt"):
+        return read_torch(path)
+    raise CheckpointMismatch(f"{path}: unknown checkpoint extension {suffix!r} "
+                             "(.pth/.pt/.bin/.ckpt, .safetensors, .npz)")
+
+
+def detect_format(sd: Mapping[str, np.ndarray], path: str | pathlib.Path = "") -> str:
+    """Source format from the keys (and extension). Raises if nothing fits."""
+    keys = set(sd)
+    if "embedding/kernel" in keys or str(path).lower().endswith(".npz"):
+        return "npz"
+    if any(k.startswith(("backbone.", "decode_head.")) for k in keys):
+        return "mmseg"
+    if "encoder.patch_embed.proj.weight" in keys:
+        return "segmenter"
+    if "patch_embed.proj.weight" in keys and "blocks.0.attn.qkv.weight" in keys:
+        return "timm"
+    raise CheckpointMismatch(f"{path}: cannot tell the checkpoint format from its keys "
+                             f"(first keys: {sorted(keys)[:8]}); pass --format")
+
+
+# ------------------------------------------------------------------------------ converting
+
+def check_eps(config: mlc.ConfigDict, fmt: str, report: official.Report) -> None:
+    """The source's backbone LayerNorm eps must match model.backbone.ln_eps."""
+    want = 1e-5 if fmt == "segmenter" else 1e-6
+    have = config.model.backbone.ln_eps
+    if abs(have - want) > 1e-12:
+        msg = (f"{fmt} checkpoints were trained with backbone LayerNorm eps {want:g}, but "
+               f"model.backbone.ln_eps={have:g}")
+        if fmt == "segmenter":
+            raise CheckpointMismatch(msg + "; set model.backbone.ln_eps=1e-5")
+        report.warnings.append(msg)
+
+
+def check_npz_heads(sd: Mapping[str, np.ndarray], config: mlc.ConfigDict, source: str) -> None:
+    key = "Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel"
+    if key in sd and sd[key].ndim == 3 and sd[key].shape[1] != config.model.backbone.num_heads:
+        raise CheckpointMismatch(
+            f"{source}: {sd[key].shape[1]} attention heads but model.backbone.num_heads="
+            f"{config.model.backbone.num_heads}")
+
+
+def convert(sd: Mapping[str, np.ndarray], config: mlc.ConfigDict, fmt: str, *,
+            expected: Mapping[tuple, tuple] | None, allow_partial: bool = False,
+            reset_head: bool = False, source: str = "checkpoint"
+            ) -> tuple[dict[tuple, np.ndarray], official.Report]:
+    """Converts a flat state dict of format `fmt` to {our path: array} plus a Report."""
+    if fmt == "mmseg":
+        params, report = official.convert_state_dict(
+            sd, config, expected, source, allow_partial=allow_partial, reset_head=reset_head,
+            return_report=True)
+        check_eps(config, fmt, report)
+        return params, report
+    if fmt == "segmenter":
+        h = config.model.head
+        if (h.type != "segmenter" or config.model.backbone.oce) and not reset_head:
+            raise CheckpointMismatch(
+                f"{source}: Segmenter checkpoints hold a baseline mask-transformer head, but "
+                f"the config's head is type={h.type}, oce={config.model.backbone.oce}; use "
+                "reset_head (--reset-head) to take the backbone and keep a fresh head.")
+        rows, ignored, head_prefixes = segmenter_rows(config), SEGMENTER_IGNORED, ("decoder.",)
+    elif fmt == "timm":
+        rows = timm_backbone_rows(config) + backbone_only_head_rows(config, "<no head>.")
+        ignored, head_prefixes = TIMM_IGNORED, ()
+    elif fmt == "npz":
+        check_npz_heads(sd, config, source)
+        rows = npz_rows(config) + backbone_only_head_rows(config, "<no head>/")
+        ignored = NPZ_IGNORED + tuple(k for k in sd if k.startswith("opt/"))
+        head_prefixes = ()
+    else:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {FORMATS}")
+    report = official.Report(source=source, format=fmt)
+    check_eps(config, fmt, report)
+    params, rep = official.map_state_dict(
+        sd, rows, expected=expected, config=config, ignored=ignored,
+        allow_partial=allow_partial, reset_head=reset_head, head_prefixes=head_prefixes,
+        source=source, fmt=fmt)
+    rep.warnings = report.warnings + rep.warnings
+    return params, rep
