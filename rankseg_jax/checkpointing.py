@@ -1,0 +1,156 @@
+"""Checkpoints: an orbax v0 `CheckpointManager` facade and a params-only format.
+
+Training checkpoints live in `<workdir>/checkpoints/<step>/` with two items:
+  * 'state': the train state pytree {'step', 'params', 'opt_state'} (sharded arrays),
+  * 'data':  the grain iterator position of every process (`grain.checkpoint`).
+Saves are asynchronous and atomic (orbax writes a tmp dir and renames it on commit), so a
+kill at any moment leaves the previous checkpoint intact. The last `train.keep_checkpoints`
+are kept, plus (train.keep_best) the one with the best val mIoU.
+
+Params-only format (shared with the converters): `<dir>/params` (orbax StandardCheckpointer
+of the pure nested param dict) and `<dir>/metadata.json` (free-form, e.g. the config and
+the source of the weights).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from typing import Any
+
+import grain
+import jax
+import ml_collections as mlc
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as cm
+
+CHECKPOINT_SUBDIR = "checkpoints"
+PARAMS_ITEM = "params"
+METADATA_FILE = "metadata.json"
+
+
+def checkpoint_dir(workdir: str | os.PathLike) -> pathlib.Path:
+    return pathlib.Path(workdir).absolute() / CHECKPOINT_SUBDIR
+
+
+class Checkpointer:
+    """Train-state + data-iterator checkpoints of one run directory."""
+
+    def __init__(self, directory: str | os.PathLike, config: mlc.ConfigDict):
+        t = config.train
+        policies = [cm.FixedIntervalPolicy(max(int(t.ckpt_every), 1))]
+        if jax.process_count() > 1:
+            # Orbax learns about preemption from the jax.distributed coordination service.
+            policies.append(cm.PreemptionCheckpointingPolicy())
+        keep = [cm.LatestN(n=max(int(t.keep_checkpoints), 1))]
+        if t.keep_best:
+            keep.append(cm.BestN(get_metric_fn=lambda m: m["mIoU"], n=1,
+                                 keep_checkpoints_without_metrics=False))
+        options = ocp.CheckpointManagerOptions(
+            save_decision_policy=cm.AnySavePolicy(policies),
+            preservation_policy=cm.AnyPreservationPolicy(keep),
+            enable_async_checkpointing=bool(t.async_checkpointing),
+            cleanup_tmp_directories=True)
+        self.directory = pathlib.Path(directory).absolute()
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("state", "data"),
+            item_handlers={"state": ocp.StandardCheckpointHandler(),
+                           "data": grain.checkpoint.CheckpointHandler()})
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def save(self, step: int, state: Any, data_iterator=None, *, metrics: dict | None = None,
+             force: bool = False) -> bool:
+        """Saves (asynchronously) if the policy or `force` says so; returns whether it did.
+
+        metrics: {'mIoU': float, ...} attached for the keep-best policy.
+        """
+        items = {"state": ocp.args.StandardSave(state)}
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+        return self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics,
+                                 force=force)
+
+    def restore(self, abstract_state: Any, data_iterator=None, step: int | None = None):
+        """Restores the train state onto the shardings carried by `abstract_state`.
+
+        data_iterator: if given, its position is restored in place from the same step.
+        Returns the state pytree.
+        """
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+        out = self.manager.restore(step, args=ocp.args.Composite(**items))
+        return out["state"]
+
+    def reached_preemption(self, step: int) -> bool:
+        return self.manager.reached_preemption(step)
+
+    def wait_until_finished(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def is_training_checkpoint(directory: str | os.PathLike) -> bool:
+    """True for a run dir (with checkpoints/) or a checkpoints dir with step subdirs."""
+    d = pathlib.Path(directory)
+    if (d / CHECKPOINT_SUBDIR).is_dir():
+        return True
+    return d.is_dir() and any(p.is_dir() and p.name.isdigit() for p in d.iterdir())
+
+
+def training_checkpoint_root(directory: str | os.PathLike) -> pathlib.Path:
+    d = pathlib.Path(directory)
+    return d / CHECKPOINT_SUBDIR if (d / CHECKPOINT_SUBDIR).is_dir() else d
+
+
+def is_params_dir(directory: str | os.PathLike) -> bool:
+    return (pathlib.Path(directory) / PARAMS_ITEM).is_dir()
+
+
+# --------------------------------------------------------------------------- params-only
+
+
+def save_params(directory: str | os.PathLike, params: Any, metadata: dict | None = None) -> None:
+    """Writes params (pure nested dict of numpy/jax arrays) and metadata.json (process 0).
+
+    Blocks until written. Overwrites nothing: fails if `directory/params` exists.
+    """
+    d = pathlib.Path(directory).absolute()
+    d.mkdir(parents=True, exist_ok=True)
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(d / PARAMS_ITEM, params)
+        ckptr.wait_until_finished()
+    if jax.process_index() == 0:
+        tmp = d / (METADATA_FILE + ".tmp")
+        tmp.write_text(json.dumps(metadata or {}, indent=2, sort_keys=True, default=str))
+        os.replace(tmp, d / METADATA_FILE)
+
+
+def load_params(directory: str | os.PathLike, target_abstract: Any = None) -> Any:
+    """Restores params saved by `save_params`.
+
+    target_abstract: pytree of jax.ShapeDtypeStruct (with .sharding) to restore onto; None
+    restores as saved (single-process convenience).
+    """
+    d = pathlib.Path(directory).absolute()
+    with ocp.StandardCheckpointer() as ckptr:
+        if target_abstract is None:
+            return ckptr.restore(d / PARAMS_ITEM)
+        return ckptr.restore(d / PARAMS_ITEM, target_abstract)
+
+
+def read_metadata(directory: str | os.PathLike) -> dict:
+    p = pathlib.Path(directory) / METADATA_FILE
+    return json.loads(p.read_text()) if p.exists() else {}
+

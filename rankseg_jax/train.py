@@ -1,0 +1,266 @@
+"""The training loop: `train_and_evaluate(config, workdir)`.
+
+Order of work: validate the config (before any compilation) -> mesh -> shapes-first sharded
+state -> initial weights (workdir checkpoint > init.resume > init.pretrained > random) ->
+jitted step over per-process grain batches -> logging, periodic evaluation, checkpoints.
+Only process 0 writes logs; every process takes part in saves (each writes its shards and its
+own data-iterator position).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import signal
+import threading
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+import numpy as np
+
+from configs import common
+from rankseg_jax import checkpointing, input_pipeline, optim, sharding
+from rankseg_jax import train_state as ts
+from rankseg_jax.train_log import MetricLogger
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(FloatingPointError):
+    """Loss or gradients became NaN/Inf; the last good checkpoint is kept."""
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def validate_config(config: mlc.ConfigDict, num_devices: int | None = None,
+                    process_count: int | None = None) -> None:
+    """All checks that can fail before compiling; raises ConfigError naming the option."""
+    common.validate(config)
+    try:
+        optim.check_config(config)
+        mesh_sizes = sharding.mesh_shape(config, num_devices or jax.device_count())
+        input_pipeline.dataset_info(config)
+    except ValueError as e:
+        raise common.ConfigError(str(e)) from e
+    dp = mesh_sizes[0] * mesh_sizes[1]
+    t = config.train
+    if t.batch_size % dp:
+        raise common.ConfigError(
+            f"train.batch_size={t.batch_size} is not divisible by the data-parallel size "
+            f"mesh.data*mesh.fsdp={dp}")
+    if (t.batch_size // t.grad_accum) % dp:
+        raise common.ConfigError(
+            f"train.batch_size/train.grad_accum={t.batch_size // t.grad_accum} (the micro-batch) "
+            f"is not divisible by the data-parallel size mesh.data*mesh.fsdp={dp}")
+    pc = process_count or jax.process_count()
+    if t.batch_size % pc:
+        raise common.ConfigError(
+            f"train.batch_size={t.batch_size} is not divisible by the process count {pc}")
+    for name in ("steps", "log_every", "ckpt_every"):
+        if t[name] < 1:
+            raise common.ConfigError(f"train.{name}={t[name]} must be >= 1")
+    if t.eval_every < 0:
+        raise common.ConfigError(f"train.eval_every={t.eval_every} must be >= 0 (0 = never)")
+    d = config.data
+    if d.format in ("folder", "array_record"):
+        if not d.root or not pathlib.Path(d.root).exists():
+            raise common.ConfigError(
+                f"data.root={d.root!r} does not exist. Prepare the dataset first, e.g.\n"
+                f"  python -m data.prepare --dataset={d.name} --src=/path/to/download "
+                f"--out=data/{d.name}\nand set --config.data.root=data/{d.name} "
+                "(see data/README.md for where to download it)")
+    for name in ("resume", "pretrained"):
+        path = config.init[name]
+        if path and not pathlib.Path(path).exists():
+            raise common.ConfigError(f"init.{name}={path!r} does not exist")
+
+
+# --------------------------------------------------------------------------- initial weights
+
+
+def _set_path(tree: dict, path: tuple, value) -> None:
+    for k in path[:-1]:
+        tree = tree[k]
+    tree[path[-1]] = value
+
+
+def _pretrained_params(setup: ts.TrainSetup, path: str):
+    """Pure param dict from init.pretrained (official .pth, params-only dir, or other)."""
+    config = setup.config
+    abstract = jax.tree.map(lambda x: x, setup.abstract_state["params"])
+    p = pathlib.Path(path)
+    if p.is_dir() and checkpointing.is_params_dir(p):
+        return checkpointing.load_params(p, abstract)
+    if p.suffix == ".pth":
+        from rankseg_jax.convert import official
+        shapes = {tuple(kp_path): tuple(x.shape) for kp_path, x in _flat(abstract)}
+        converted = official.convert_state_dict(official.read_pth(p), config, shapes,
+                                                source=str(p))
+        params = jax.tree.map(lambda x: None, abstract)
+        for k, v in converted.items():
+            _set_path(params, k, v)
+        return params
+    from rankseg_jax import convert
+    if not hasattr(convert, "load_pretrained"):
+        raise NotImplementedError(
+            f"init.pretrained={path!r}: format {p.suffix or 'directory'!r} needs "
+            "rankseg_jax.convert.load_pretrained (AugReg .npz / timm weights), which is not "
+            "available in this checkout; use an official .pth or a params-only directory")
+    # The converter works on a concrete model: build it sharded, load, read back.
+    model = ts.model_from_params(setup, ts.init_state(setup)["params"])
+    convert.load_pretrained(model, str(p), config)
+    return ts._params_of(model)
+
+
+def _flat(tree):
+    from rankseg_jax.optim import _path_of
+    return [(_path_of(kp), x) for kp, x in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def initial_state(setup: ts.TrainSetup, ckpt: checkpointing.Checkpointer, data_iterator):
+    """(state, description). Order: workdir checkpoint > init.resume > init.pretrained > random.
+
+    A training-checkpoint `init.resume` restores the full state and the data position (a
+    resume into a new workdir); a params-only one starts a fresh optimizer at step 0.
+    """
+    config = setup.config
+    if ckpt.latest_step() is not None:
+        step = ckpt.latest_step()
+        return ckpt.restore(setup.abstract_state, data_iterator), f"workdir checkpoint {step}"
+    resume = config.init.resume
+    if resume:
+        if checkpointing.is_params_dir(resume):
+            params = checkpointing.load_params(resume, setup.abstract_state["params"])
+            return ts.state_from_params(setup, params), f"params-only {resume}"
+        if checkpointing.is_training_checkpoint(resume):
+            other = checkpointing.Checkpointer(checkpointing.training_checkpoint_root(resume),
+                                               config)
+            state = other.restore(setup.abstract_state, data_iterator)
+            other.close()
+            return state, f"training checkpoint {resume}"
+        raise common.ConfigError(
+            f"init.resume={resume!r} is neither a params-only directory (with params/) nor a "
+            "training checkpoint directory (with numbered step folders)")
+    if config.init.pretrained:
+        params = _pretrained_params(setup, config.init.pretrained)
+        return ts.state_from_params(setup, params), f"pretrained {config.init.pretrained}"
+    return ts.init_state(setup), "random init"
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def _evaluate(config, setup, params, workdir, step):
+    try:
+        from rankseg_jax import evaluate as evaluate_lib
+    except ImportError:
+        log.warning("rankseg_jax.evaluate is not available; skipping evaluation at step %d",
+                    step)
+        return None
+    model = ts.model_from_params(setup, params)
+    return evaluate_lib.evaluate(config, model, workdir, step=step)
+
+
+class _StopFlag:
+    """Set by SIGTERM/SIGINT-free preemption notice; checked between steps."""
+
+    def __init__(self):
+        self.set = False
+        self._old = None
+
+    def install(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self.set = True
+
+    def uninstall(self):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+
+# --------------------------------------------------------------------------- loop
+
+
+def train_and_evaluate(config: mlc.ConfigDict, workdir: str | os.PathLike) -> dict:
+    """Trains `config` in `workdir` (resuming if it holds a checkpoint).
+
+    Returns {'step': last step, 'train': last logged train metrics, 'eval': last eval
+    metrics or None, 'preempted': bool, 'init': where the weights came from}.
+    Raises TrainingDiverged on NaN/Inf loss or gradients (after in-flight saves finish).
+    """
+    validate_config(config)
+    workdir = pathlib.Path(workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    t = config.train
+    mesh = sharding.make_mesh(config)
+    setup = ts.make_setup(config, mesh)
+    train_step = ts.make_train_step(setup)
+    data_it = input_pipeline.make_train_iterator(config)
+    ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(workdir), config)
+    state, source = initial_state(setup, ckpt, data_it)
+    start = int(jax.device_get(state["step"]))
+    logger = MetricLogger(workdir, total_steps=t.steps, initial_step=start,
+                          enabled=jax.process_index() == 0)
+    logger.info(f"mesh {dict(mesh.shape)}; weights from {source}; starting at step {start}")
+    base_key = jax.device_put(jax.random.key(config.seed), sharding.replicated(mesh))
+    batch_sh = sharding.batch_sharding(mesh)
+    stop = _StopFlag()
+    stop.install()
+    result = {"step": start, "train": None, "eval": None, "preempted": False, "init": source}
+    last_saved = ckpt.latest_step()
+    try:
+        tick, tick_step = time.perf_counter(), start
+        for step in range(start, t.steps):
+            batch = input_pipeline.to_global(next(data_it), batch_sh)
+            state, metrics = train_step(state, batch, base_key)
+            done = step + 1
+            last = done == t.steps
+            if t.check_finite_every and (done % t.check_finite_every == 0 or last):
+                if not float(jax.device_get(metrics["finite"])):
+                    raise TrainingDiverged(
+                        f"non-finite loss or gradients at step {done} "
+                        f"({ts.finalize_metrics(jax.device_get(metrics))}); training stopped. "
+                        f"The last good checkpoint is step {last_saved} in "
+                        f"{ckpt.directory}. Lower optim.lr, enable optim.clip_grad_norm, or "
+                        "check the data.")
+            if done % t.log_every == 0 or last:
+                values = ts.finalize_metrics(jax.device_get(metrics))
+                now = time.perf_counter()
+                dt = (now - tick) / max(done - tick_step, 1)
+                values.update(lr=optim.lr_at(config, step), step_time=dt,
+                              images_per_s=t.batch_size / dt)
+                logger.log_train(done, values, eta_s=dt * (t.steps - done))
+                result["train"], tick, tick_step = values, now, done
+            eval_metrics = None
+            if t.eval_every and (done % t.eval_every == 0 or last):
+                eval_metrics = _evaluate(config, setup, state["params"], workdir, done)
+                if eval_metrics is not None:
+                    logger.log_eval(done, eval_metrics)
+                    result["eval"] = eval_metrics
+            preempted = stop.set or ckpt.reached_preemption(done)
+            keep_best = t.keep_best and eval_metrics is not None and "mIoU" in eval_metrics
+            if ckpt.save(done, state, data_it,
+                         metrics={"mIoU": float(eval_metrics["mIoU"])} if keep_best else None,
+                         force=last or preempted or keep_best):
+                last_saved = done
+            logger.advance(done)
+            result["step"] = done
+            if preempted:
+                logger.info(f"preemption signal: saved step {done}, exiting cleanly")
+                result["preempted"] = True
+                break
+    finally:
+        ckpt.wait_until_finished()
+        ckpt.close()
+        stop.uninstall()
+        logger.close()
+        if hasattr(data_it, "close"):
+            data_it.close()
+    return result
