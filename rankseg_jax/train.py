@@ -264,3 +264,31 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str | os.PathLike) -> di
         if hasattr(data_it, "close"):
             data_it.close()
     return result
+
+
+# --------------------------------------------------------------------------- inference weights
+
+
+def load_inference_params(setup: ts.TrainSetup, checkpoint: str = "", workdir: str = ""):
+    """Params for eval/predict, onto the parameter shardings.
+
+    checkpoint: a params-only dir, a run/training-checkpoint dir (latest step), an official
+    .pth or anything `init.pretrained` accepts; empty = the latest checkpoint in `workdir`.
+    """
+    abstract = setup.abstract_state["params"]
+    path = checkpoint or workdir
+    if not path:
+        raise common.ConfigError("give --checkpoint or a --workdir holding a checkpoint")
+    if checkpointing.is_params_dir(path):
+        return checkpointing.load_params(path, abstract)
+    if checkpointing.is_training_checkpoint(path):
+        ck = checkpointing.Checkpointer(checkpointing.training_checkpoint_root(path),
+                                        setup.config)
+        try:
+            return ck.restore(setup.abstract_state)["params"]
+        finally:
+            ck.close()
+    if pathlib.Path(path).is_file():
+        params = _pretrained_params(setup, path)
+        return ts.state_from_params(setup, params)["params"]
+    raise FileNotFoundError(f"no checkpoint found at {path!r}")

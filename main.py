@@ -1,0 +1,74 @@
+"""Entry point: train, evaluate or predict.
+
+    python main.py --config=configs/demo.py --workdir=/tmp/demo
+    python main.py --config=configs/ade20k.py --workdir=runs/ade --mode=eval
+    python main.py --config=configs/demo.py --mode=predict --checkpoint=/tmp/demo \
+        --input=images/ --output=/tmp/pred
+Override any option with --config.train.steps=100 etc. Multi-process: pass
+--coordinator_address/--num_processes/--process_id (or --distributed for auto-detection on
+managed clusters); each process then reads its own slice of the data.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:variant]).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", "", "Run directory: checkpoints, logs, metrics.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "predict"], "What to do.")
+flags.DEFINE_string("checkpoint", "", "eval/predict weights: params-only dir, run dir, "
+                    ".pth; default: latest checkpoint in --workdir.")
+flags.DEFINE_string("input", "", "predict: an image file or a folder of images.")
+flags.DEFINE_string("output", "", "predict: output folder.")
+flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (auto-detect).")
+flags.DEFINE_string("coordinator_address", "", "host:port of process 0 (multi-process).")
+flags.DEFINE_integer("num_processes", 1, "Number of processes (multi-process).")
+flags.DEFINE_integer("process_id", 0, "This process's index (multi-process).")
+flags.mark_flags_as_required(["config"])
+
+
+def _maybe_initialize_distributed() -> None:
+    if FLAGS.num_processes > 1 or FLAGS.coordinator_address:
+        jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address or None,
+                                   num_processes=FLAGS.num_processes,
+                                   process_id=FLAGS.process_id)
+    elif FLAGS.distributed:
+        jax.distributed.initialize()
+
+
+def main(argv):
+    del argv
+    _maybe_initialize_distributed()
+    if jax.process_index() != 0:
+        logging.getLogger().setLevel(logging.WARNING)
+    config = FLAGS.config
+    from rankseg_jax import train
+    if FLAGS.mode == "train":
+        if not FLAGS.workdir:
+            raise app.UsageError("--workdir is required for training")
+        train.train_and_evaluate(config, FLAGS.workdir)
+        return
+    from rankseg_jax import sharding
+    from rankseg_jax import train_state as ts
+    train.validate_config(config)
+    setup = ts.make_setup(config, sharding.make_mesh(config))
+    params = train.load_inference_params(setup, FLAGS.checkpoint, FLAGS.workdir)
+    model = ts.model_from_params(setup, params)
+    if FLAGS.mode == "eval":
+        from rankseg_jax import evaluate
+        evaluate.evaluate(config, model, FLAGS.workdir or None)
+    else:
+        if not FLAGS.input or not FLAGS.output:
+            raise app.UsageError("--mode=predict needs --input and --output")
+        from rankseg_jax import predict
+        predict.predict(config, model, FLAGS.input, FLAGS.output)
+
+
+if __name__ == "__main__":
+    app.run(main)
