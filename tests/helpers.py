@@ -36,3 +36,32 @@ def tiny_config(kind: str = "rankseg", *, num_classes: int = 20, topk: int = 8,
     c.test.crop_size = c.test.stride = (48, 48)
     common.validate(c)
     return c
+
+
+def small_train_config(**overrides):
+    """A tiny RankSeg config on the synthetic dataset for training tests (64x64 crops).
+
+    overrides: {'train.steps': 4, ...} dotted keys.
+    """
+    c = tiny_config("rankseg", embed_dim=32, heads=2, depth=1)
+    c.data.synthetic.image_size = (64, 64)
+    c.data.synthetic.num_train = 64
+    c.data.train_scale = (128, 64)
+    c.data.read_threads = 1
+    c.train.batch_size = 4
+    c.train.steps = 4
+    c.train.log_every = 2
+    c.train.eval_every = 0
+    c.train.ckpt_every = 2
+    c.train.async_checkpointing = False
+    c.optim.weight_decay = 1e-6
+    c.optim.decay_mult = (("pos_embed", 0.0), ("cls_token", 0.0), ("norm", 0.0),
+                          ("decode_head.blocks.0.", 100.0), ("decode_head.ml_fc", 100.0))
+    for key, value in overrides.items():
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = tuple(value) if isinstance(value, list) else value
+    common.validate(c)
+    return c

@@ -1,0 +1,109 @@
+"""Optimizer: mmcv poly schedule, official parameter-wise weight decay, torch SGD numerics."""
+
+import numpy as np
+import pytest
+
+from helpers import small_train_config, tiny_config
+from rankseg_jax import optim
+from rankseg_jax.convert.official import official_names
+
+RANKSEG_KEYS = (("pos_embed", 0.0), ("cls_token", 0.0), ("norm", 0.0),
+                ("decode_head.blocks.0.", 100.0), ("decode_head.ml_fc", 100.0))
+
+
+def test_poly_schedule_matches_mmcv_formula():
+    c = tiny_config()
+    c.train.steps = 160_000
+    for it in (0, 1, 1000, 80_000, 159_999):
+        want = (1e-3 - 1e-5) * (1 - it / 160_000) ** 0.9 + 1e-5
+        assert optim.lr_at(c, it) == pytest.approx(want, rel=1e-5)
+    assert optim.lr_at(c, 0) == pytest.approx(1e-3)
+
+
+def test_linear_warmup_mmcv_style():
+    c = tiny_config()
+    c.train.steps, c.optim.warmup_steps, c.optim.warmup_ratio = 100, 10, 0.1
+    poly = lambda it: (1e-3 - 1e-5) * (1 - it / 100) ** 0.9 + 1e-5  # noqa: E731
+    assert optim.lr_at(c, 0) == pytest.approx(poly(0) * 0.1, rel=1e-5)
+    assert optim.lr_at(c, 5) == pytest.approx(poly(5) * (1 - 0.9 * 0.5), rel=1e-5)
+    assert optim.lr_at(c, 10) == pytest.approx(poly(10), rel=1e-5)
+
+
+def test_rankseg_weight_decay_groups_official_spec_7_2():
+    c = tiny_config("rankseg")
+    c.optim.weight_decay, c.optim.decay_mult = 1e-6, RANKSEG_KEYS
+    names = official_names(c)
+    params = {}
+    for path in names:  # the table only needs the tree structure
+        node = params
+        for k in path[:-1]:
+            node = node.setdefault(k, {})
+        node[path[-1]] = np.zeros(1)
+    table = {names[p]: wd for p, wd in optim.decay_table(c, params).items()}
+    zero = {"backbone.pos_embed", "backbone.cls_token"}
+    zero |= {f"decode_head.blocks.{i}.norm{j}.{w}" for i in (1, 2) for j in (1, 2)
+             for w in ("weight", "bias")}
+    zero |= {f"decode_head.{n}.{w}" for n in ("decoder_norm", "decoder_norm2", "mask_norm")
+             for w in ("weight", "bias")}
+    for name, wd in table.items():
+        if name in zero:
+            want = 0.0
+        elif name.startswith("decode_head.blocks.0.") or name.startswith("decode_head.ml_fc"):
+            want = 1e-4
+        else:  # includes every backbone LayerNorm (ln1/ln2: no "norm" in the name)
+            want = 1e-6
+        assert wd == pytest.approx(want, rel=1e-12, abs=0), name
+    assert zero <= set(table)
+    assert table["decode_head.blocks.0.norm1.weight"] == pytest.approx(1e-4)
+    assert any(".ln1." in n and table[n] == pytest.approx(1e-6) for n in table)
+
+
+def test_decay_multiplier_longest_key_first_then_alphabetical():
+    keys = (("norm", 0.0), ("blocks.0.", 100.0), ("ab", 2.0), ("aa", 3.0))
+    assert optim.decay_multiplier("decode_head.blocks.0.norm1.weight", keys) == 100.0
+    assert optim.decay_multiplier("x.aab", keys) == 3.0  # tie on length: alphabetical
+    assert optim.decay_multiplier("backbone.layers.0.ln1.weight", keys) == 1.0
+
+
+def test_sgd_coupled_l2_momentum_by_hand():
+    """Two steps of torch SGD(momentum=0.9) with coupled wd, computed by hand."""
+    c = small_train_config(**{"train.steps": 10})
+    c.optim.decay_mult = ()
+    c.optim.weight_decay = 0.5
+    params = {"p": np.array([1.0, -2.0], np.float32)}
+    tx = optim.make_optimizer(c, params)
+    state = tx.init(params)
+    g = np.array([0.3, 0.1], np.float32)
+    lr0, lr1 = optim.lr_at(c, 0), optim.lr_at(c, 1)
+    p = params["p"].astype(np.float64)
+    buf = g + 0.5 * p  # torch: buf = d_p on the first step
+    p1 = p - lr0 * buf
+    buf = 0.9 * buf + (g + 0.5 * p1)
+    p2 = p1 - lr1 * buf
+    import optax
+    cur = params
+    for _ in range(2):
+        upd, state = tx.update({"p": g}, state, cur)
+        cur = optax.apply_updates(cur, upd)
+    np.testing.assert_allclose(cur["p"], p2, rtol=1e-6)
+
+
+def test_adamw_and_clipping_build_and_update():
+    import optax
+    c = small_train_config()
+    c.optim.name, c.optim.clip_grad_norm = "adamw", 1.0
+    c.optim.decay_mult = ()
+    params = {"p": np.ones(3, np.float32)}
+    tx = optim.make_optimizer(c, params)
+    upd, _ = tx.update({"p": np.full(3, 100.0, np.float32)}, tx.init(params), params)
+    # Adam's first step is lr * sign(g) (+ decoupled wd * lr * p); clipping does not change it.
+    want = -optim.lr_at(c, 0) * (1.0 + 1e-6)
+    np.testing.assert_allclose(upd["p"], want, rtol=1e-4)
+    assert optax.global_norm(upd) > 0
+
+
+def test_bad_optimizer_options_name_the_option():
+    c = small_train_config()
+    c.optim.name = "lamb"
+    with pytest.raises(ValueError, match="optim.name"):
+        optim.check_config(c)

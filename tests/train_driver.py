@@ -1,0 +1,69 @@
+"""Subprocess driver for the training tests (multi-device, multi-process, kill/resume).
+
+    python tests/train_driver.py WORKDIR '{"train.steps": 4, ...}' [--kill-at-save N]
+        [--process-id i --num-processes n --coordinator host:port] [--dump params.npz]
+
+Builds `helpers.small_train_config()` with the JSON overrides, runs train_and_evaluate and
+(process 0) dumps the final params to an .npz keyed by '/'-joined path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("workdir")
+    ap.add_argument("overrides")
+    ap.add_argument("--kill-at-save", type=int, default=0)
+    ap.add_argument("--process-id", type=int, default=0)
+    ap.add_argument("--num-processes", type=int, default=1)
+    ap.add_argument("--coordinator", default="")
+    ap.add_argument("--dump", default="")
+    args = ap.parse_args()
+
+    import jax
+    if args.num_processes > 1:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    import numpy as np
+    from helpers import small_train_config
+    from rankseg_jax import checkpointing, train
+
+    config = small_train_config(**json.loads(args.overrides))
+    if args.kill_at_save:
+        orig = checkpointing.Checkpointer.save
+
+        def save(self, step, *a, **kw):
+            if step == args.kill_at_save:
+                self.wait_until_finished()  # earlier saves are committed
+                os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no polite stop
+            return orig(self, step, *a, **kw)
+
+        checkpointing.Checkpointer.save = save
+
+    result = train.train_and_evaluate(config, args.workdir)
+    if args.dump:
+        # The final params through a restore of the last checkpoint (always saved).
+        from rankseg_jax import sharding, train_state as ts
+        setup = ts.make_setup(config, sharding.make_mesh(config))
+        params = train.load_inference_params(setup, "", args.workdir)
+        flat = {}
+        for kp, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+            name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in kp)
+            flat[name] = np.asarray(x.addressable_data(0)) if not x.is_fully_addressable \
+                else np.asarray(x)
+        if jax.process_index() == 0:
+            np.savez(args.dump, **flat)
+    print("RESULT", json.dumps({"step": result["step"], "init": result["init"]}))
+
+
+if __name__ == "__main__":
+    main()
