@@ -72,6 +72,11 @@ def segmenter_rows(config: mlc.ConfigDict) -> list[Row]:
     return rows
 
 
+def _npz_norm(rows, ours, theirs):
+    rows.append(Row(ours + ("scale",), theirs + "/scale", IDENTITY))
+    rows.append(Row(ours + ("bias",), theirs + "/bias", IDENTITY))
+
+
 def npz_rows(config: mlc.ConfigDict) -> list[Row]:
     """Google ViT / AugReg `.npz` keys (spec §2.8); tensors are already in Flax layout."""
     b = config.model.backbone
@@ -83,20 +88,20 @@ def npz_rows(config: mlc.ConfigDict) -> list[Row]:
     for i in range(b.depth):
         ours, e = ("backbone", "layers", i), f"{t}encoderblock_{i}/"
         m = e + "MultiHeadDotProductAttention_1/"
-        official._norm(rows, ours + ("norm1",), e + "LayerNorm_0", "scale", "bias")
+        _npz_norm(rows, ours + ("norm1",), e + "LayerNorm_0")
         for name in ("query", "key", "value"):
             rows.append(Row(ours + ("attn", name, "kernel"), f"{m}{name}/kernel", HEADS_OUT))
             rows.append(Row(ours + ("attn", name, "bias"), f"{m}{name}/bias", HEADS_BIAS))
         rows.append(Row(ours + ("attn", "out", "kernel"), m + "out/kernel", HEADS_IN))
         rows.append(Row(ours + ("attn", "out", "bias"), m + "out/bias", IDENTITY))
-        official._norm(rows, ours + ("norm2",), e + "LayerNorm_2", "scale", "bias")
+        _npz_norm(rows, ours + ("norm2",), e + "LayerNorm_2")
         for j, name in enumerate(("fc1", "fc2")):
             rows.append(Row(ours + ("mlp", name, "kernel"), f"{e}MlpBlock_3/Dense_{j}/kernel",
                             IDENTITY))
             rows.append(Row(ours + ("mlp", name, "bias"), f"{e}MlpBlock_3/Dense_{j}/bias",
                             IDENTITY))
     if b.final_norm:
-        official._norm(rows, ("backbone", "final_norm"), t + "encoder_norm", "scale", "bias")
+        _npz_norm(rows, ("backbone", "final_norm"), t + "encoder_norm")
     if b.oce:
         rows.append(Row(("backbone", "cls_emb"), "cls_emb", IDENTITY))
     return rows
