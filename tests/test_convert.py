@@ -441,26 +441,32 @@ def test_cli_params_dir_and_reverse(tmp_path):
         f"sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
         "from helpers import tiny_config\n\n"
         "def get_config():\n    return tiny_config('rankseg')\n")
-    out_dir = tmp_path / "converted"
+    out_dir, saved_dir = tmp_path / "converted", tmp_path / "saved"
+    cfg = tiny_config("rankseg")
+    direct, _ = ours(cfg, FIXTURES / "rankseg.pth")
+    params_io.save_params(saved_dir, params_io.model_pure_params(direct), {"note": "test"})
+    pth = tmp_path / "back.pth"
     run = [sys.executable, "-m", "rankseg_jax.convert", f"--config={cfg_file}"]
-    subprocess.run(run + [f"--src={FIXTURES / 'rankseg.pth'}", f"--out={out_dir}",
-                          "--allow-partial"], check=True, cwd=ROOT, capture_output=True)
+    # Both directions at once (independent inputs) to keep the wall time down.
+    procs = [subprocess.Popen(run + [f"--src={FIXTURES / 'rankseg.pth'}", f"--out={out_dir}",
+                                     "--allow-partial"], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT),
+             subprocess.Popen(run + ["--reverse", f"--src={saved_dir}", f"--out={pth}"],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)]
+    for proc in procs:
+        log = proc.communicate()[0].decode()
+        assert proc.returncode == 0, log[-3000:]
+
     meta = params_io.load_metadata(out_dir)
     assert meta["format"] == "mmseg" and len(meta["sha256"]) == 64
     assert meta["allow_partial"] is True
-
-    cfg = tiny_config("rankseg")
     restored = segmentor.build_model(cfg)
     params_io.restore_into(restored, out_dir)
-    direct, _ = ours(cfg, FIXTURES / "rankseg.pth")
     images = _nhwc(np.load(FIXTURES / "io.npz")["images"])
     a, b = restored(images, full_logits=True), direct(images, full_logits=True)
     for key in ("full_logits", "image_logits", "patch_grid"):
         np.testing.assert_array_equal(a[key], b[key])
 
-    pth = tmp_path / "back.pth"
-    subprocess.run(run + ["--reverse", f"--src={out_dir}", f"--out={pth}"], check=True,
-                   cwd=ROOT, capture_output=True)
     back = torch.load(pth, weights_only=True)["state_dict"]
     orig = torch.load(FIXTURES / "rankseg.pth", weights_only=True)["state_dict"]
     assert list(back) == list(orig) and all(torch.equal(back[k], orig[k]) for k in orig)
