@@ -1,0 +1,36 @@
+"""jax.export round trip of the inference function on CPU."""
+
+import numpy as np
+import pytest
+
+from helpers import FIXTURES, tiny_config
+from rankseg_jax import inference
+from rankseg_jax.models import segmentor
+
+pytest.importorskip("flatbuffers")  # jax's serializer needs it
+pytest.importorskip("torch")
+from rankseg_jax import export  # noqa: E402
+from rankseg_jax.convert import official  # noqa: E402
+
+
+@pytest.mark.parametrize("kind,mode", [("rankseg", "slide"), ("baseline", "whole")])
+def test_export_roundtrip_matches(tmp_path, kind, mode):
+    config = tiny_config(kind)
+    config.test.mode, config.test.stride = mode, (32, 32)
+    model = segmentor.build_model(config)
+    official.load_official_checkpoint(model, FIXTURES / f"{kind}.pth", config)
+    images = np.load(FIXTURES / "io.npz")["images"].transpose(0, 2, 3, 1)
+    path = tmp_path / "model.jax"
+    export.save_exported(export.export_inference(config, model, (64, 64)), path)
+    run = export.load_exported(path)
+    out = run(images)  # symbolic batch: B=2 and B=1 from one artifact
+    one = run(images[1:])
+    eng = inference.Inferencer(config, model)
+    for i in range(2):
+        res = eng.predict([(images[i], False)], (64, 64))
+        np.testing.assert_array_equal(np.asarray(out["pred"][i]), res.pred)
+        if kind == "rankseg":
+            np.testing.assert_array_equal(np.asarray(out["topk_index"][i]), res.topk)
+            np.testing.assert_allclose(np.asarray(out["image_logits"][i]), res.image_logits,
+                                       atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(one["pred"][0]), np.asarray(out["pred"][1]))
