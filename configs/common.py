@@ -174,7 +174,7 @@ def base_config() -> mlc.ConfigDict:
     # windows chose, argmax over `class_chunk` classes at a time at full resolution. False =
     # the literal full-K path (B x K x H x W float32), for checks and benchmarks.
     e.memory_light = True
-    e.class_chunk = 64
+    e.class_chunk = 16  # 16 vs 64: 76 vs 182 MiB XLA temp at 512x683 (BENCHMARKS.md)
     # Original sizes are padded up to a multiple of this before the full-resolution combine, so
     # images of different sizes share compilations (the padding is cropped off; exact).
     e.size_bucket = 32
