@@ -9,7 +9,6 @@ independently here). Export -> reload is exact and reproduces the official fixtu
 
 from __future__ import annotations
 
-import pathlib
 import subprocess
 import sys
 
