@@ -118,12 +118,16 @@ class Attention(nnx.Module):
         q = self.query(x).reshape(b, n, h, dh)
         k = self.key(x).reshape(b, n, h, dh)
         v = self.value(x).reshape(b, n, h, dh)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (dh ** -0.5)
-        # Softmax in float32 even for bf16 compute.
-        probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
         rng_attn, rng_proj = split_rng(rng, 2)
-        probs = dropout(probs, self.attn_drop, rng_attn)
-        y = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, n, d)
+        if rng_attn is None or self.attn_drop == 0.0:
+            # Fused attention (cuDNN flash attention on GPU for bf16; XLA elsewhere).
+            y = jax.nn.dot_product_attention(q, k, v, scale=dh ** -0.5).reshape(b, n, d)
+        else:
+            logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (dh ** -0.5)
+            # Softmax in float32 even for bf16 compute.
+            probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+            probs = dropout(probs, self.attn_drop, rng_attn)
+            y = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, n, d)
         return dropout(self.out(y), self.proj_drop, rng_proj)
 
 
