@@ -46,6 +46,44 @@ def parse(arg: str | None, **extra) -> mlc.ConfigDict:
     return common.parse_arg(arg, **VARIANT_DEFAULTS, **extra)
 
 
+def set_dataset(c: mlc.ConfigDict, name: str) -> None:
+    """Dataset facts from the registry (rankseg_jax/datasets.py): K, ignore value, zero
+    reduction, mean/std, crop and scales; data read from the prepared `data/<name>` shards;
+    slide inference with crop = stride = the training crop (every official config)."""
+    from rankseg_jax import datasets  # noqa: PLC0415  (keeps config parsing import-light)
+
+    c.model.num_classes = datasets.get_dataset_info(name).num_classes
+    c.data.update(datasets.data_config_values(name))
+    c.data.format, c.data.root = "array_record", f"data/{name}"
+    c.test.mode, c.test.crop_size, c.test.stride = "slide", c.data.crop_size, c.data.crop_size
+
+
+def set_rankseg(c: mlc.ConfigDict, *, topk: int, img_loss: str, img_weight: float,
+                weight_decay: float) -> None:
+    """The official RankSeg head (3 blocks, 8x8 pooled ML encoder) and its loss/decay."""
+    h = c.model.head
+    h.type, h.topk, h.downsample, h.n_layers = "rankseg", topk, 8, 3
+    c.loss.img_type, c.loss.img_weight = img_loss, img_weight
+    c.loss.asl_gamma_neg, c.loss.asl_gamma_pos = 2.0, 0.0
+    c.optim.weight_decay = weight_decay
+    if weight_decay:
+        c.optim.decay_mult = RANKSEG_DECAY_MULT
+
+
+def set_schedule(c: mlc.ConfigDict, steps: int, eval_every: int) -> None:
+    """Iterations, and evaluation/checkpoint interval (official: every 1/10 of the run)."""
+    c.train.steps, c.train.eval_every, c.train.ckpt_every = steps, eval_every, eval_every
+
+
+def finish(c: mlc.ConfigDict, args: mlc.ConfigDict, vit_l_crop: int = 640) -> mlc.ConfigDict:
+    """Applies `vit_l`, `baseline` and then the generic variants; returns c."""
+    if args.vit_l:
+        set_vit_l(c, vit_l_crop)
+    if args.baseline:
+        set_baseline(c)
+    return apply(c, args)
+
+
 def set_vit_l(c: mlc.ConfigDict, crop: int = 640) -> None:
     """Official ViT-L/16 settings: 24 layers, width 1024, pos-embed grid of a 640 crop."""
     common.apply_vit_preset(c, "l16")
