@@ -209,7 +209,10 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str | os.PathLike) -> di
     logger = MetricLogger(workdir, total_steps=t.steps, initial_step=start,
                           enabled=jax.process_index() == 0)
     logger.info(f"mesh {dict(mesh.shape)}; weights from {source}; starting at step {start}")
-    base_key = jax.device_put(jax.random.key(config.seed), sharding.replicated(mesh))
+    # A raw uint32 key assembled as a global array (device_put cannot target other
+    # processes' devices).
+    base_key = jax.make_array_from_process_local_data(
+        sharding.replicated(mesh), np.asarray(jax.random.PRNGKey(config.seed)))
     batch_sh = sharding.batch_sharding(mesh)
     stop = _StopFlag()
     stop.install()

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import ml_collections as mlc
 import optax
 from flax import nnx
@@ -82,10 +83,17 @@ def state_from_params(setup: TrainSetup, params) -> dict:
     params: pure nested dict (numpy or jax arrays); placed onto the parameter shardings.
     """
     p_sh = setup.state_shardings["params"]
-    params = jax.tree.map(lambda x, a, s: jax.device_put(jnp.asarray(x, a.dtype), s),
-                          params, setup.abstract_state["params"], p_sh)
+
+    def place(x, a, s):
+        if isinstance(x, jax.Array) and x.sharding == s:
+            return x
+        host = np.asarray(jax.device_get(x), a.dtype)  # works on every process
+        return jax.make_array_from_callback(a.shape, s, lambda idx: host[idx])
+
+    params = jax.tree.map(place, params, setup.abstract_state["params"], p_sh)
     opt = jax.jit(setup.tx.init, out_shardings=setup.state_shardings["opt_state"])(params)
-    step = jax.device_put(jnp.zeros((), jnp.int32), setup.state_shardings["step"])
+    step = jax.jit(lambda: jnp.zeros((), jnp.int32),
+                   out_shardings=setup.state_shardings["step"])()
     return {"step": step, "params": params, "opt_state": opt}
 
 
