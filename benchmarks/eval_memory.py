@@ -95,8 +95,8 @@ def main() -> None:
                                  capture_output=True, text=True, check=True)
             rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
             print(rows[-1], flush=True)
-    print("\n| K | path | XLA temp (MiB) | XLA args+out+temp (MiB) | host peak RSS (MiB) | run (s) |"
-          " compile (s) |")
+    print("\n| K | path | XLA temp (MiB) | XLA args+out+temp (MiB) | host peak RSS (MiB) |"
+          " run (s) | compile (s) |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         rss = f"{r['rss_MiB']:.0f}" if "rss_MiB" in r else "not run"
