@@ -191,3 +191,35 @@ def test_evaluate_multiscale_flip_synthetic(tmp_path):
 def test_allgather_sum_single_process():
     v = np.array([3, 2**40, 0], np.int64)
     np.testing.assert_array_equal(evaluate.allgather_sum(v), v)
+
+
+_GATHER_WORKER = """
+import sys
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(sys.argv[2], num_processes=2, process_id=int(sys.argv[1]))
+import numpy as np
+from rankseg_jax import evaluate
+pid = int(sys.argv[1])
+print(evaluate.allgather_sum(np.array([3 + pid, 2**40 + pid, 7], np.int64)).tolist())
+"""
+
+
+def test_allgather_sum_two_processes(tmp_path):
+    """Two CPU processes (jax.distributed + gloo): int64 totals are summed exactly."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "worker.py"
+    script.write_text(_GATHER_WORKER)
+    env = {**__import__("os").environ, "PYTHONPATH": str(FIXTURES.parents[2])}
+    procs = [subprocess.Popen([sys.executable, str(script), str(i), f"localhost:{port}"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                              env=env) for i in range(2)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    for out in outs:
+        assert out.strip().splitlines()[-1] == str([7, 2 * 2**40 + 1, 14])
