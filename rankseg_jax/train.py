@@ -89,31 +89,23 @@ def _set_path(tree: dict, path: tuple, value) -> None:
 
 
 def _pretrained_params(setup: ts.TrainSetup, path: str):
-    """Pure param dict from init.pretrained (official .pth, params-only dir, or other)."""
+    """Pure param dict from init.pretrained: a params-only dir, or any checkpoint format the
+    converter reads (official/Segmenter .pth, timm, AugReg .npz; backbone-only formats keep
+    the freshly initialised head)."""
+    from rankseg_jax import convert
+
     config = setup.config
-    abstract = jax.tree.map(lambda x: x, setup.abstract_state["params"])
+    abstract = setup.abstract_state["params"]
     p = pathlib.Path(path)
     if p.is_dir() and checkpointing.is_params_dir(p):
         return checkpointing.load_params(p, abstract)
-    if p.suffix == ".pth":
-        from rankseg_jax.convert import official
-        shapes = {tuple(kp_path): tuple(x.shape) for kp_path, x in _flat(abstract)}
-        converted = official.convert_state_dict(official.read_pth(p), config, shapes,
-                                                source=str(p))
-        params = jax.tree.map(lambda x: None, abstract)
-        for k, v in converted.items():
-            _set_path(params, k, v)
-        return params
-    from rankseg_jax import convert
-    if not hasattr(convert, "load_pretrained"):
-        raise NotImplementedError(
-            f"init.pretrained={path!r}: format {p.suffix or 'directory'!r} needs "
-            "rankseg_jax.convert.load_pretrained (AugReg .npz / timm weights), which is not "
-            "available in this checkout; use an official .pth or a params-only directory")
-    # The converter works on a concrete model: build it sharded, load, read back.
-    model = ts.model_from_params(setup, ts.init_state(setup)["params"])
-    convert.load_pretrained(model, str(p), config)
-    return ts._params_of(model)
+    shapes = {tuple(kp_path): tuple(x.shape) for kp_path, x in _flat(abstract)}
+    converted, report = convert.read_checkpoint(p, config, shapes, allow_partial=None)
+    log.info("init.pretrained %s: %s", path, report.summary())
+    params = ts._params_of(ts.model_from_params(setup, ts.init_state(setup)["params"]))
+    for k, v in converted.items():
+        _set_path(params, k, v)
+    return params
 
 
 def _flat(tree):

@@ -99,10 +99,13 @@ def test_init_from_official_pth_and_params_only_dir(tmp_path):
 
 def test_unknown_pretrained_format_is_clear(tmp_path):
     c = tiny_config("rankseg")
-    f = tmp_path / "w.safetensors"
-    f.write_bytes(b"x")
-    from rankseg_jax import convert
-    if hasattr(convert, "load_pretrained"):
-        pytest.skip("the converter handles other formats")
-    with pytest.raises(NotImplementedError, match="load_pretrained"):
-        train._pretrained_params(_setup(c), str(f))
+    from rankseg_jax.convert import CheckpointMismatch
+
+    corrupt = tmp_path / "w.safetensors"
+    corrupt.write_bytes(b"x")
+    with pytest.raises(CheckpointMismatch, match="w.safetensors: cannot read"):
+        train._pretrained_params(_setup(c), str(corrupt))
+    unknown = tmp_path / "w.onnx"
+    unknown.write_bytes(b"x")
+    with pytest.raises(CheckpointMismatch, match="w.onnx: unknown checkpoint extension"):
+        train._pretrained_params(_setup(c), str(unknown))

@@ -35,12 +35,15 @@ def file_sha256(path: str | pathlib.Path) -> str:
 
 
 def read_checkpoint(path: str | pathlib.Path, config: mlc.ConfigDict,
-                    expected: dict | None, *, fmt: str = "auto", allow_partial: bool = False,
+                    expected: dict | None, *, fmt: str = "auto",
+                    allow_partial: bool | None = False,
                     reset_head: bool = False) -> tuple[dict, Report]:
     """Reads and converts `path` for a model built from `config`.
 
     expected: our path -> shape (`official.param_shapes(model)`). fmt: 'auto' detects from the
-    extension and keys, else one of FORMATS. Returns ({our path: array}, Report).
+    extension and keys, else one of FORMATS. allow_partial=None allows missing parameters
+    exactly for backbone-only formats (timm, npz), as backbone initialisation does.
+    Returns ({our path: array}, Report).
     """
     sd, dropped = formats.read_any(path)
     detected = formats.detect_format(sd, path)
@@ -48,6 +51,8 @@ def read_checkpoint(path: str | pathlib.Path, config: mlc.ConfigDict,
         fmt = detected
     elif fmt not in FORMATS:
         raise ValueError(f"format={fmt!r} is not 'auto' or one of {FORMATS}")
+    if allow_partial is None:
+        allow_partial = fmt in formats.BACKBONE_ONLY
     params, report = formats.convert(sd, config, fmt, expected=expected,
                                      allow_partial=allow_partial, reset_head=reset_head,
                                      source=str(path))

@@ -164,14 +164,20 @@ def read_npz(path: str | pathlib.Path) -> dict[str, np.ndarray]:
 def read_any(path: str | pathlib.Path) -> tuple[dict[str, np.ndarray], list[str]]:
     """Reads a checkpoint by extension. Returns (flat state dict, dropped container entries)."""
     suffix = pathlib.Path(path).suffix.lower()
-    if suffix == ".npz":
-        return read_npz(path), []
-    if suffix == ".safetensors":
-        return read_safetensors(path), []
-    if suffix in (".pth", ".pt", ".bin", ".ckpt"):
-        return read_torch(path)
-    raise CheckpointMismatch(f"{path}: unknown checkpoint extension {suffix!r} "
-                             "(.pth/.pt/.bin/.ckpt, .safetensors, .npz)")
+    readers = {".npz": lambda: (read_npz(path), []),
+               ".safetensors": lambda: (read_safetensors(path), [])}
+    readers.update(dict.fromkeys((".pth", ".pt", ".bin", ".ckpt"), lambda: read_torch(path)))
+    if suffix not in readers:
+        raise CheckpointMismatch(f"{path}: unknown checkpoint extension {suffix!r} "
+                                 "(.pth/.pt/.bin/.ckpt, .safetensors, .npz)")
+    if not pathlib.Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        return readers[suffix]()
+    except CheckpointMismatch:
+        raise
+    except Exception as e:  # corrupt/truncated files: name the file, keep the cause
+        raise CheckpointMismatch(f"{path}: cannot read as {suffix} checkpoint: {e}") from e
 
 
 def detect_format(sd: Mapping[str, np.ndarray], path: str | pathlib.Path = "") -> str:
