@@ -15,6 +15,7 @@ import logging
 
 import jax
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -42,11 +43,21 @@ def _maybe_initialize_distributed() -> None:
         jax.distributed.initialize()
 
 
+def _quiet_libraries() -> None:
+    """Keeps the console readable: library INFO chatter (orbax logs every save step by step)
+    goes away unless --verbosity is given; our own `rankseg_jax` INFO messages stay."""
+    if not FLAGS["verbosity"].present:
+        absl_logging.set_verbosity(absl_logging.WARNING)
+        logging.getLogger("rankseg_jax").setLevel(logging.INFO)
+
+
 def main(argv):
     del argv
     _maybe_initialize_distributed()
+    _quiet_libraries()
     if jax.process_index() != 0:
         logging.getLogger().setLevel(logging.WARNING)
+        logging.getLogger("rankseg_jax").setLevel(logging.WARNING)
     config = FLAGS.config
     from rankseg_jax import train
     if FLAGS.mode == "train":

@@ -212,9 +212,12 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str | os.PathLike) -> di
     last_saved = ckpt.latest_step()
     try:
         tick, tick_step = time.perf_counter(), start
+        interval = None  # metrics summed on device since the last log line
         for step in range(start, t.steps):
             batch = input_pipeline.to_global(next(data_it), batch_sh)
             state, metrics = train_step(state, batch, base_key)
+            interval = metrics if interval is None else jax.tree.map(jnp.add, interval,
+                                                                     metrics)
             done = step + 1
             last = done == t.steps
             if t.check_finite_every and (done % t.check_finite_every == 0 or last):
@@ -226,7 +229,9 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str | os.PathLike) -> di
                         f"{ckpt.directory}. Lower optim.lr, enable optim.clip_grad_norm, or "
                         "check the data.")
             if done % t.log_every == 0 or last:
-                values = ts.finalize_metrics(jax.device_get(metrics))
+                # Means over the interval, not the last step's noisy values.
+                values = ts.finalize_metrics(jax.device_get(interval), done - tick_step)
+                interval = None
                 now = time.perf_counter()
                 dt = (now - tick) / max(done - tick_step, 1)
                 values.update(lr=optim.lr_at(config, step), step_time=dt,

@@ -194,8 +194,12 @@ def make_train_step(setup: TrainSetup) -> Callable:
                    donate_argnums=(0,))
 
 
-def finalize_metrics(raw: dict) -> dict:
-    """Host-side: turn the step's sums into means and floats."""
+def finalize_metrics(raw: dict, steps: int = 1) -> dict:
+    """Host-side: turn metrics summed over `steps` steps into means and floats.
+
+    Keys `x_sum`/`x_count` become x = sum / count (pooled over the steps); every other key
+    is a per-step value and is divided by `steps`.
+    """
     out = {}
     for k, v in raw.items():
         if k.endswith("_count"):
@@ -205,5 +209,5 @@ def finalize_metrics(raw: dict) -> dict:
             cnt = float(raw[name + "_count"])
             out[name] = float(v) / cnt if cnt else float("nan")
         else:
-            out[k] = float(v)
+            out[k] = float(v) / steps
     return out
