@@ -1,4 +1,5 @@
-"""Exact resume after SIGKILL, and two processes (jax.distributed) == one process."""
+"""Exact resume after SIGKILL and after SIGTERM (preemption), and two processes
+(jax.distributed) == one process."""
 
 import json
 import os
@@ -43,6 +44,21 @@ def test_sigkill_then_resume_is_exact(tmp_path):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     # Same data position after step 4 (the next batch would be the same too).
     assert _data_state(tmp_path / "straight", 4) == _data_state(tmp_path / "killed", 4)
+
+
+def test_sigterm_saves_exits_cleanly_and_resumes_exactly(tmp_path):
+    over = {"train.steps": 4, "train.ckpt_every": 100, "model.head.dropout": 0.1}
+    _run(tmp_path / "straight", over, "--dump", str(tmp_path / "straight.npz"))
+    term = _run(tmp_path / "term", over, "--sigterm-at-save", "1")  # exit code 0
+    assert '"preempted": true' in term.stdout
+    steps = sorted(p.name for p in (tmp_path / "term" / "checkpoints").iterdir()
+                   if p.name.isdigit())
+    assert steps == ["2"]  # saved at the next step boundary although ckpt_every=100
+    again = _run(tmp_path / "term", over, "--dump", str(tmp_path / "resumed.npz"))
+    assert '"init": "workdir checkpoint 2"' in again.stdout
+    a, b = np.load(tmp_path / "straight.npz"), np.load(tmp_path / "resumed.npz")
+    for k in a.files:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
 def _free_port():

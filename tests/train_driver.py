@@ -23,6 +23,7 @@ def main():
     ap.add_argument("workdir")
     ap.add_argument("overrides")
     ap.add_argument("--kill-at-save", type=int, default=0)
+    ap.add_argument("--sigterm-at-save", type=int, default=0)
     ap.add_argument("--process-id", type=int, default=0)
     ap.add_argument("--num-processes", type=int, default=1)
     ap.add_argument("--coordinator", default="")
@@ -49,6 +50,17 @@ def main():
 
         checkpointing.Checkpointer.save = save
 
+    if args.sigterm_at_save:
+        orig_save = checkpointing.Checkpointer.save
+
+        def save_then_term(self, step, *a, **kw):
+            out = orig_save(self, step, *a, **kw)
+            if step == args.sigterm_at_save:
+                os.kill(os.getpid(), signal.SIGTERM)  # a preemption notice mid-run
+            return out
+
+        checkpointing.Checkpointer.save = save_then_term
+
     result = train.train_and_evaluate(config, args.workdir)
     if args.dump:
         # The final params through a restore of the last checkpoint (always saved).
@@ -62,7 +74,8 @@ def main():
                 else np.asarray(x)
         if jax.process_index() == 0:
             np.savez(args.dump, **flat)
-    print("RESULT", json.dumps({"step": result["step"], "init": result["init"]}))
+    print("RESULT", json.dumps({"step": result["step"], "init": result["init"],
+                                "preempted": result["preempted"]}))
 
 
 if __name__ == "__main__":
