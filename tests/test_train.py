@@ -109,3 +109,42 @@ def test_unknown_pretrained_format_is_clear(tmp_path):
     unknown.write_bytes(b"x")
     with pytest.raises(CheckpointMismatch, match="w.onnx: unknown checkpoint extension"):
         train._pretrained_params(_setup(c), str(unknown))
+
+
+def _one_step(config, batch):
+    """Params and metrics after one train step from the config's random init."""
+    setup = ts.make_setup(config, sharding.make_mesh(config))
+    state = ts.init_state(setup)
+    step = ts.make_train_step(setup)
+    state, metrics = step(state, batch, jax.random.PRNGKey(0))
+    return jax.device_get(state["params"]), ts.finalize_metrics(jax.device_get(metrics))
+
+
+def _batch(config):
+    it = input_pipeline.make_train_iterator(config)
+    return input_pipeline.to_global(next(it), sharding.batch_sharding(
+        sharding.make_mesh(config)))
+
+
+def test_grad_accum_and_remat_equal_the_plain_step():
+    """Micro-batching and rematerialisation change memory, not the update (no dropout)."""
+    base = small_train_config(**{"model.head.dropout": 0.0})
+    batch = _batch(base)
+    params, metrics = _one_step(base, batch)
+    for change in ({"train.grad_accum": 2}, {"model.remat": True}):
+        other, other_metrics = _one_step(small_train_config(**{"model.head.dropout": 0.0},
+                                                            **change), batch)
+        assert other_metrics["loss"] == pytest.approx(metrics["loss"], rel=1e-5), change
+        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(other)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=str(change))
+
+
+def test_bfloat16_compute_keeps_float32_params_and_tracks_float32():
+    base = small_train_config(**{"model.head.dropout": 0.0})
+    batch = _batch(base)
+    params, metrics = _one_step(base, batch)
+    bf_params, bf_metrics = _one_step(small_train_config(
+        **{"model.head.dropout": 0.0, "model.dtype": "bfloat16"}), batch)
+    assert all(x.dtype == np.float32 for x in jax.tree.leaves(bf_params))
+    assert np.isfinite(bf_metrics["loss"])
+    assert bf_metrics["loss"] == pytest.approx(metrics["loss"], rel=0.05)
