@@ -243,8 +243,8 @@ def validate(config: mlc.ConfigDict) -> None:
             f"model.backbone.embed_dim={b.embed_dim} is not divisible by "
             f"model.backbone.num_heads={b.num_heads}")
     if h.d_model % h.num_heads:
-        raise ConfigError(
-            f"model.head.d_model={h.d_model} is not divisible by model.head.num_heads={h.num_heads}")
+        raise ConfigError(f"model.head.d_model={h.d_model} is not divisible by "
+                          f"model.head.num_heads={h.num_heads}")
     for name, size in (("model.backbone.img_size", b.img_size),
                        ("data.crop_size", config.data.crop_size),
                        ("test.crop_size", config.test.crop_size)):

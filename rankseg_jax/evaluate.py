@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from rankseg_jax import inference, input_pipeline, metrics
+from rankseg_jax import inference, input_pipeline, metrics, multilabel_metrics
 from rankseg_jax.sources import BadExampleError
 
 _ML_KEYS = ("img_AP", "img_recall", "img_accuracy", "pixel_recall")
@@ -134,7 +134,7 @@ def evaluate(config, model, workdir=None, *, step=None, split="val") -> dict:
     engine = inference.Inferencer(config, model)
     examples, count = _examples(config, split, p, n)
     acc = metrics.SegMetricAccumulator(k)
-    mla = metrics.MultiLabelMetricAccumulator()
+    mla = multilabel_metrics.MultiLabelMetricAccumulator()
     seen = 0
     start = time.perf_counter()
     bar = tqdm(total=count, unit="img", desc=f"eval {split}", disable=p != 0, smoothing=0.1)
@@ -147,7 +147,8 @@ def evaluate(config, model, workdir=None, *, step=None, split="val") -> dict:
         acc.update(metrics.intersect_and_union_np(res.pred, label, k, info.ignore_index))
         if res.topk is not None:
             ranking = np.argsort(-res.image_logits, kind="stable")[None]
-            mla.update(metrics.multilabel_metrics_per_image(hist, res.topk[None], ranking))
+            mla.update(multilabel_metrics.multilabel_metrics_per_image(
+                hist, res.topk[None], ranking))
         seen += 1
         bar.update(1)
     bar.close()
@@ -156,7 +157,7 @@ def evaluate(config, model, workdir=None, *, step=None, split="val") -> dict:
         acc, {"sums": mla.sums, "counts": mla.counts, "any_gt": mla.any_gt}, seen, k)
     out = metrics.compute_metrics(totals, class_names=info.class_names)
     if model.is_rankseg:
-        for key, s, c in zip(_ML_KEYS, ml_sums, ml_counts):
+        for key, s, c in zip(_ML_KEYS, ml_sums, ml_counts, strict=True):
             one = key in ("img_recall", "pixel_recall") and not any_gt  # official rule
             out[key] = 1.0 if one else (float(s / c) if c else float("nan"))
         out["img_precision"] = out.pop("img_accuracy")  # precision@kappa

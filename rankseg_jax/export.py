@@ -97,7 +97,7 @@ def load_exported(path: str | pathlib.Path):
     exported = jax.export.deserialize(bytearray(pathlib.Path(path).read_bytes()))
 
     def run(images):
-        return dict(zip(_OUTPUTS, exported.call(jnp.asarray(images, jnp.float32))))
+        return dict(zip(_OUTPUTS, exported.call(jnp.asarray(images, jnp.float32)), strict=True))
 
     run.exported = exported
     return run

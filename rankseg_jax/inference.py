@@ -165,7 +165,7 @@ def combine(logits, topks, ahs, aws, *, num_classes: int, chunk: int) -> jax.Arr
         misses = [None] * len(logits)
         n_slots, b = num_classes, logits[0].shape[1]
     else:
-        pairs = [_to_slots(x, t, classes) for x, t in zip(logits, topks)]
+        pairs = [_to_slots(x, t, classes) for x, t in zip(logits, topks, strict=True)]
         sls, misses = [p[0] for p in pairs], [p[1] for p in pairs]
         n_slots, b = classes.shape[1], classes.shape[0]
     chunk = max(1, min(chunk, n_slots))

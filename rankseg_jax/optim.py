@@ -13,7 +13,8 @@ so the decay of every parameter is a plain float baked into the update.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -93,15 +93,35 @@ def class_presence(labels: jax.Array, num_classes: int) -> jax.Array:
     return (class_histogram(labels, num_classes) > 0).astype(jnp.float32)
 
 
-def class_histogram(labels: jax.Array, num_classes: int) -> jax.Array:
-    """Per-image pixel count of each class. labels: [B, H, W] int. Returns [B, K] int32."""
+def batched_bincount(idx: jax.Array, keep: jax.Array, length: int) -> jax.Array:
+    """Per-row bincount: out[b, v] = #{n : keep[b, n] and idx[b, n] == v}.
+
+    idx, keep: [B, N] (int, bool); `length` is static. Rejected entries go to a sentinel bin
+    that is sliced off (`jnp.bincount` alone would clip a -1 label into bin 0), and rows are
+    offset so one flat bincount serves the batch: O(B*N + B*length), no one-hot.
+    Returns int32 [B, length].
+    """
+    b = idx.shape[0]
+    width = length + 1
+    local = jnp.where(keep, idx, length).astype(jnp.int32)
+    flat = local + (jnp.arange(b, dtype=jnp.int32) * width)[:, None]
+    counts = jnp.bincount(flat.reshape(-1), length=b * width)
+    return counts.reshape(b, width)[:, :length].astype(jnp.int32)
+
+
+def class_histogram(labels: jax.Array, num_classes: int,
+                    valid: jax.Array | None = None) -> jax.Array:
+    """Per-image pixel count of each class, [B, K] int32.
+
+    labels: [B, H, W] int; values outside [0, num_classes) (ignore) are not counted.
+    valid: optional [B, H, W] bool; False pixels are not counted either.
+    """
     b = labels.shape[0]
-    flat = labels.reshape(b, -1)
-    valid = (flat >= 0) & (flat < num_classes)
-    idx = jnp.where(valid, flat, 0) + num_classes * jnp.arange(b)[:, None]
-    counts = jnp.zeros((b * num_classes,), jnp.int32).at[idx.reshape(-1)].add(
-        valid.reshape(-1).astype(jnp.int32))
-    return counts.reshape(b, num_classes)
+    flat = labels.reshape(b, -1).astype(jnp.int32)
+    keep = (flat >= 0) & (flat < num_classes)
+    if valid is not None:
+        keep = keep & valid.reshape(b, -1)
+    return batched_bincount(flat, keep, num_classes)
 
 
 def dynamic_rank_mask(ranked_scores: jax.Array, threshold: float) -> jax.Array:

@@ -22,7 +22,8 @@ import re
 import jax
 import ml_collections as mlc
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -155,7 +156,7 @@ def _lookup(tree, path):
 def replicated_bytes_fraction(params, shardings) -> float:
     """Fraction of parameter bytes that are fully replicated (maxtext-style guard)."""
     total = rep = 0
-    for x, s in zip(jax.tree.leaves(params), jax.tree.leaves(shardings)):
+    for x, s in zip(jax.tree.leaves(params), jax.tree.leaves(shardings), strict=True):
         n = int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
         total += n
         if all(a is None for a in s.spec):

@@ -11,19 +11,20 @@ parameters are never materialised).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import ml_collections as mlc
+import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from rankseg_jax import losses as losses_lib
-from rankseg_jax import metrics as metrics_lib
-from rankseg_jax import optim, ranking, sharding
+from rankseg_jax import multilabel_metrics, optim, ranking, sharding
 from rankseg_jax.models.segmentor import build_model
 
 
@@ -118,8 +119,8 @@ def _loss_and_metrics(setup: TrainSetup, params, images, labels, rng):
     if "topk_index" in out:
         # Image-level top-kappa recall (GT classes that made the list) and precision.
         hist = ranking.class_histogram(labels, info_k)
-        rec, rec_ok = metrics_lib.img_recall_per_image(hist, out["topk_index"])
-        prec, prec_ok = metrics_lib.img_accuracy_per_image(hist, out["topk_index"])
+        rec, rec_ok = multilabel_metrics.img_recall_per_image(hist, out["topk_index"])
+        prec, prec_ok = multilabel_metrics.img_accuracy_per_image(hist, out["topk_index"])
         aux["img_recall_sum"] = jnp.sum(rec * rec_ok)
         aux["img_recall_count"] = jnp.sum(rec_ok).astype(jnp.float32)
         aux["img_precision_sum"] = jnp.sum(prec * prec_ok)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import sys
 import pathlib
+import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:

@@ -12,9 +12,10 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-
 from helpers import small_train_config  # noqa: E402
-from rankseg_jax import input_pipeline, sharding, train_state as ts  # noqa: E402
+
+from rankseg_jax import input_pipeline, sharding  # noqa: E402
+from rankseg_jax import train_state as ts
 
 
 def run(config, devices):
@@ -43,7 +44,7 @@ def main():
     p8, l8, specs = run(multi, jax.devices())
     assert any("fsdp" in s for s in specs), specs  # something really is sharded
     diff = max(float(np.max(np.abs(a - b))) for a, b in
-               zip(jax.tree.leaves(p1), jax.tree.leaves(p8)))
+               zip(jax.tree.leaves(p1), jax.tree.leaves(p8), strict=True))
     np.testing.assert_allclose(l1, l8, rtol=2e-5, atol=1e-6)
     assert diff < 2e-5, diff
     print("OK", diff, float(np.max(np.abs(l1 - l8))))

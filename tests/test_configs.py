@@ -1,8 +1,8 @@
 """Every config and variant parses, validates and keeps the paper's settings."""
 
+import helpers  # noqa: F401  (puts the repo root on sys.path)
 import pytest
 
-import helpers  # noqa: F401  (puts the repo root on sys.path)
 from configs import ade20k, ade20k_full, coco_lvis, coco_stuff10k, common, demo, pascal_context
 
 MODULES = {"ade20k": ade20k, "coco_stuff10k": coco_stuff10k, "pascal_context": pascal_context,

@@ -14,10 +14,16 @@ import sys
 
 import numpy as np
 import pytest
-
 from helpers import FIXTURES, ROOT, tiny_config
-from rankseg_jax.convert import (CheckpointMismatch, export_official, formats, load_pretrained,
-                                 official, params_io)
+
+from rankseg_jax.convert import (
+    CheckpointMismatch,
+    export_official,
+    formats,
+    load_pretrained,
+    official,
+    params_io,
+)
 from rankseg_jax.models import segmentor
 from tests.reference import numpy_ref as R
 from tests.reference.random_official_sd import KINDS, config_for_kind, make_state_dict

@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from helpers import FIXTURES, tiny_config
+
 from rankseg_jax import evaluate, inference, metrics, resize
 from rankseg_jax.models import segmentor
 

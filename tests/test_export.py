@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-
 from helpers import FIXTURES, tiny_config
+
 from rankseg_jax import inference
 from rankseg_jax.models import segmentor
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from rankseg_jax import metrics as M
+from rankseg_jax import multilabel_metrics as ML
 
 K = 20
 IGNORE = 255
@@ -244,16 +245,16 @@ EXP_TOPK = {
     "img_AP": ([1 / 2, 0, 1 / 3], [True, False, True], 5 / 12),
 }
 NP_FUNCS = {
-    "img_recall": M.img_recall,
-    "pixel_recall": M.pixel_recall,
-    "img_accuracy": M.img_accuracy,
-    "img_AP": M.average_precision,
+    "img_recall": ML.img_recall,
+    "pixel_recall": ML.pixel_recall,
+    "img_accuracy": ML.img_accuracy,
+    "img_AP": ML.average_precision,
 }
 JAX_FUNCS = {
-    "img_recall": M.img_recall_per_image,
-    "pixel_recall": M.pixel_recall_per_image,
-    "img_accuracy": M.img_accuracy_per_image,
-    "img_AP": M.average_precision_per_image,
+    "img_recall": ML.img_recall_per_image,
+    "pixel_recall": ML.pixel_recall_per_image,
+    "img_accuracy": ML.img_accuracy_per_image,
+    "img_AP": ML.average_precision_per_image,
 }
 
 
@@ -261,14 +262,14 @@ def test_ap_two_gt_ranks_0_and_3():
     hist = np.array([[1, 0, 0, 1, 0]])
     ranking = np.array([[0, 1, 2, 3, 4]])
     expected = (1 / 1 + 2 / 4) / 2  # GT at ranks 0 and 3
-    assert M.average_precision(hist, ranking) == pytest.approx(expected)
-    v, ok = M.average_precision_per_image(hist, ranking)
+    assert ML.average_precision(hist, ranking) == pytest.approx(expected)
+    v, ok = ML.average_precision_per_image(hist, ranking)
     assert float(v[0]) == pytest.approx(expected) and bool(ok[0])
 
 
 def test_ap_full_ranking():
-    assert M.average_precision(HIST, RANK) == pytest.approx(np.mean(AP_FULL))
-    v, ok = jax.jit(M.average_precision_per_image)(HIST, RANK)
+    assert ML.average_precision(HIST, RANK) == pytest.approx(np.mean(AP_FULL))
+    v, ok = jax.jit(ML.average_precision_per_image)(HIST, RANK)
     np.testing.assert_array_equal(np.asarray(ok), [True, False, True])
     np.testing.assert_allclose(np.asarray(v)[[0, 2]], AP_FULL, rtol=1e-6)
 
@@ -288,11 +289,11 @@ def test_multilabel_no_gt_batch():
     # 0, AP has no such rule and is the mean of an empty set = NaN.
     hist = np.zeros((2, 4))
     topk = np.array([[0, 1], [2, 3]])
-    assert M.img_recall(hist, topk) == 1.0
-    assert M.pixel_recall(hist, topk) == 1.0
-    assert M.img_accuracy(hist, topk) == 0.0
-    assert math.isnan(M.average_precision(hist, topk))
-    acc = M.MultiLabelMetricAccumulator().update(M.multilabel_metrics_per_image(hist, topk))
+    assert ML.img_recall(hist, topk) == 1.0
+    assert ML.pixel_recall(hist, topk) == 1.0
+    assert ML.img_accuracy(hist, topk) == 0.0
+    assert math.isnan(ML.average_precision(hist, topk))
+    acc = ML.MultiLabelMetricAccumulator().update(ML.multilabel_metrics_per_image(hist, topk))
     out = acc.compute()
     assert out["img_recall"] == 1.0 and out["pixel_recall"] == 1.0
     assert out["img_accuracy"] == 0.0 and math.isnan(out["img_AP"])
@@ -313,13 +314,13 @@ def test_multilabel_all_classes_in_topk():
 def test_multilabel_accumulator_across_batches_and_padding():
     # Dataset = HIST/TOPK split in two batches; the second one is padded with a fake image
     # (masked by img_valid). Per-image means: AP over the full ranking = mean(AP_FULL).
-    f = jax.jit(M.multilabel_metrics_per_image)
-    acc = M.MultiLabelMetricAccumulator()
+    f = jax.jit(ML.multilabel_metrics_per_image)
+    acc = ML.MultiLabelMetricAccumulator()
     acc.update(f(HIST[:2], TOPK[:2], RANK[:2], jnp.array([True, True])))
     pad_hist = np.concatenate([HIST[2:], [[9, 9, 9, 9, 9, 9]]])
     pad_topk = np.concatenate([TOPK[2:], [[3, 4]]])
     pad_rank = np.concatenate([RANK[2:], [[5, 4, 3, 2, 1, 0]]])
-    other = M.MultiLabelMetricAccumulator().update(
+    other = ML.MultiLabelMetricAccumulator().update(
         f(pad_hist, pad_topk, pad_rank, jnp.array([True, False])))
     out = acc.merge(other).compute()
     assert out["img_recall"] == pytest.approx(5 / 12)
@@ -335,9 +336,9 @@ def test_jax_ap_matches_official_port_random():
     hist[0] = 0  # an image without GT
     rank = np.argsort(rng.rand(16, 12), axis=1)
     for lst in (rank, rank[:, :5]):
-        v, ok = M.average_precision_per_image(hist, lst)
+        v, ok = ML.average_precision_per_image(hist, lst)
         v, ok = np.asarray(v, np.float64), np.asarray(ok)
-        assert M.average_precision(hist, lst) == pytest.approx(v[ok].mean(), rel=1e-6)
+        assert ML.average_precision(hist, lst) == pytest.approx(v[ok].mean(), rel=1e-6)
         for name in ("img_recall", "pixel_recall", "img_accuracy"):
             pv, pok = (np.asarray(a) for a in JAX_FUNCS[name](hist, lst))
             assert NP_FUNCS[name](hist, lst) == pytest.approx(pv[pok].mean(), rel=1e-6)

@@ -1,12 +1,12 @@
 """Unit tests of the RankSeg core ops and model features (against torch or by definition)."""
 
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-import helpers
 from configs import common
 from rankseg_jax import losses, ranking, resize
 from rankseg_jax.models import segmentor

@@ -3,8 +3,8 @@
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from helpers import FIXTURES, tiny_config
+
 from rankseg_jax import losses, ranking
 from rankseg_jax.convert import official
 from rankseg_jax.models import segmentor, vit

@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-
 from helpers import small_train_config, tiny_config
+
 from rankseg_jax import optim
 from rankseg_jax.convert.official import official_names
 

@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
+from helpers import tiny_config
 from PIL import Image
 
-from helpers import tiny_config
 from rankseg_jax import predict
 from rankseg_jax.models import segmentor
 

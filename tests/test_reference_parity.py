@@ -10,12 +10,12 @@ multi-label encoders.
 
 import dataclasses
 
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import helpers
 from rankseg_jax import losses
 from rankseg_jax.convert import official
 from rankseg_jax.models import segmentor

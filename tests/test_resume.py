@@ -78,7 +78,7 @@ def test_two_processes_match_one_process(tmp_path):
          "--dump", str(tmp_path / "two.npz")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for i in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
-    for p, (so, se) in zip(procs, outs):
+    for p, (so, se) in zip(procs, outs, strict=True):
         assert p.returncode == 0, so[-2000:] + se[-4000:]
     a, b = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
     for k in a.files:

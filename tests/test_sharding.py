@@ -9,8 +9,8 @@ import sys
 import jax
 import pytest
 from flax import nnx
-
 from helpers import tiny_config
+
 from rankseg_jax import sharding
 from rankseg_jax.models.segmentor import build_model
 

@@ -5,9 +5,9 @@ import json
 import jax
 import numpy as np
 import pytest
+from helpers import FIXTURES, small_train_config, tiny_config
 
 from configs import common
-from helpers import FIXTURES, small_train_config, tiny_config
 from rankseg_jax import checkpointing, input_pipeline, sharding, train
 from rankseg_jax import train_state as ts
 
@@ -93,7 +93,7 @@ def test_init_from_official_pth_and_params_only_dir(tmp_path):
     state, src = train.initial_state(setup, ck, None)
     ck.close()
     assert src.startswith("params-only") and int(state["step"]) == 0
-    for a, b in zip(jax.tree.leaves(state["params"]), jax.tree.leaves(params)):
+    for a, b in zip(jax.tree.leaves(state["params"]), jax.tree.leaves(params), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
@@ -135,7 +135,7 @@ def test_grad_accum_and_remat_equal_the_plain_step():
         other, other_metrics = _one_step(small_train_config(**{"model.head.dropout": 0.0},
                                                             **change), batch)
         assert other_metrics["loss"] == pytest.approx(metrics["loss"], rel=1e-5), change
-        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(other)):
+        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(other), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=str(change))
 
 

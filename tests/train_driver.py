@@ -36,6 +36,7 @@ def main():
         jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     import numpy as np
     from helpers import small_train_config
+
     from rankseg_jax import checkpointing, train
 
     config = small_train_config(**json.loads(args.overrides))
@@ -64,7 +65,8 @@ def main():
     result = train.train_and_evaluate(config, args.workdir)
     if args.dump:
         # The final params through a restore of the last checkpoint (always saved).
-        from rankseg_jax import sharding, train_state as ts
+        from rankseg_jax import sharding
+        from rankseg_jax import train_state as ts
         setup = ts.make_setup(config, sharding.make_mesh(config))
         params = train.load_inference_params(setup, "", args.workdir)
         flat = {}

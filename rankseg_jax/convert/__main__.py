@@ -33,8 +33,13 @@ _REVERSE = flags.DEFINE_bool("reverse", False, "Export a params dir to an mmseg 
 def main(argv):
     del argv
     from configs import common
-    from rankseg_jax.convert import (config_summary, export_official, file_sha256,
-                                     load_pretrained, params_io)
+    from rankseg_jax.convert import (
+        config_summary,
+        export_official,
+        file_sha256,
+        load_pretrained,
+        params_io,
+    )
     from rankseg_jax.models import segmentor
 
     config = _CONFIG.value

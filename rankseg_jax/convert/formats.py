@@ -22,8 +22,15 @@ import ml_collections as mlc
 import numpy as np
 
 from rankseg_jax.convert import official
-from rankseg_jax.convert.official import (CONV, HEADS_BIAS, HEADS_IN, HEADS_OUT, IDENTITY,
-                                          CheckpointMismatch, Row)
+from rankseg_jax.convert.official import (
+    CONV,
+    HEADS_BIAS,
+    HEADS_IN,
+    HEADS_OUT,
+    IDENTITY,
+    CheckpointMismatch,
+    Row,
+)
 
 FORMATS = ("mmseg", "segmenter", "timm", "npz")
 BACKBONE_ONLY = ("timm", "npz")

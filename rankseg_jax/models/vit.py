@@ -91,8 +91,8 @@ class ViT(nnx.Module):
         x = jnp.concatenate([cls, x], axis=1) + pos
         rng_pos, rng_layers = tfm.split_rng(rng, 2)
         x = tfm.dropout(x, self.drop_rate, rng_pos)
-        for i, (layer, key) in enumerate(zip(self.layers, tfm.split_rng(rng_layers,
-                                                                        len(self.layers)))):
+        keys = tfm.split_rng(rng_layers, len(self.layers))
+        for i, (layer, key) in enumerate(zip(self.layers, keys, strict=True)):
             if i == self.oce_start:
                 # OCE: class tokens appended at the end, without position embedding.
                 emb = jnp.broadcast_to(self.cls_emb[...].astype(x.dtype),

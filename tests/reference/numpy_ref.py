@@ -699,18 +699,18 @@ def img_recall(hist, topk):
     """§4.4: per image #(GT classes in topk)/#GT classes; mean over finite values (1 if none)."""
     with np.errstate(invalid="ignore", divide="ignore"):
         return _agg([np.isin(np.nonzero(h)[0], t).sum() / (h > 0).sum()
-                     for h, t in zip(hist, topk)])
+                     for h, t in zip(hist, topk, strict=True)])
 
 
 def pixel_recall(hist, topk):
     """§4.4: per image Σ_{c∈topk} hist[c] / Σ_c hist[c]; aggregated like img_recall."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        return _agg([h[t].sum() / h.sum() for h, t in zip(hist, topk)])
+        return _agg([h[t].sum() / h.sum() for h, t in zip(hist, topk, strict=True)])
 
 
 def img_accuracy(hist, topk):
     """§4.4 precision@K: per image #(GT classes in topk)/K, then the mean."""
-    return float(np.mean([(h[t] > 0).sum() / len(t) for h, t in zip(hist, topk)]))
+    return float(np.mean([(h[t] > 0).sum() / len(t) for h, t in zip(hist, topk, strict=True)]))
 
 
 def segmenter_losses(masks: np.ndarray, label: np.ndarray, ignore: int = 255) -> dict:
