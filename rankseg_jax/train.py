@@ -201,6 +201,14 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str | os.PathLike) -> di
     logger = MetricLogger(workdir, total_steps=t.steps, initial_step=start,
                           enabled=jax.process_index() == 0)
     logger.info(f"mesh {dict(mesh.shape)}; weights from {source}; starting at step {start}")
+    replicated = sharding.replicated_bytes_fraction(setup.abstract_state["params"],
+                                                    setup.state_shardings["params"])
+    if mesh.shape["fsdp"] * mesh.shape["tensor"] > 1 and replicated > 0.5:
+        # Sharding was asked for but most bytes are replicated: usually a threshold
+        # (mesh.fsdp_min_size) or divisibility problem, and memory will not scale.
+        logger.info(f"warning: {replicated:.0%} of parameter bytes are replicated on a "
+                    f"{dict(mesh.shape)} mesh; check mesh.fsdp_min_size and the rules in "
+                    "rankseg_jax/sharding.py")
     # A raw uint32 key assembled as a global array (device_put cannot target other
     # processes' devices).
     base_key = jax.make_array_from_process_local_data(

@@ -148,3 +148,60 @@ def test_bfloat16_compute_keeps_float32_params_and_tracks_float32():
     assert all(x.dtype == np.float32 for x in jax.tree.leaves(bf_params))
     assert np.isfinite(bf_metrics["loss"])
     assert bf_metrics["loss"] == pytest.approx(metrics["loss"], rel=0.05)
+
+
+def test_keeps_latest_and_best_by_miou(tmp_path, monkeypatch):
+    c = small_train_config(**{"train.steps": 4, "train.ckpt_every": 1, "train.eval_every": 1,
+                              "train.keep_checkpoints": 1})
+    miou = {1: 0.2, 2: 0.9, 3: 0.1, 4: 0.3}
+    monkeypatch.setattr(train, "_evaluate", lambda config, setup, params, workdir, step: {
+        "mIoU": miou[step], "mAcc": 0.0, "aAcc": 0.0})
+    train.train_and_evaluate(c, tmp_path)
+    kept = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert kept == [2, 4]  # the best (mIoU 0.9) and the latest
+
+
+def _augreg_npz(path, rng, d=32, depth=1, heads=2, grid=3):
+    """A Google AugReg ViT checkpoint in its real key layout (spec §2.8), tiny dims."""
+    t, dh = "Transformer/", d // heads
+    arr = {"embedding/kernel": (16, 16, 3, d), "embedding/bias": (d,), "cls": (1, 1, d),
+           t + "posembed_input/pos_embedding": (1, 1 + grid * grid, d),
+           t + "encoder_norm/scale": (d,), t + "encoder_norm/bias": (d,),
+           "head/kernel": (d, 10), "head/bias": (10,)}
+    for i in range(depth):
+        e = f"{t}encoderblock_{i}/"
+        m = e + "MultiHeadDotProductAttention_1/"
+        for name in ("query", "key", "value"):
+            arr[f"{m}{name}/kernel"], arr[f"{m}{name}/bias"] = (d, heads, dh), (heads, dh)
+        arr[m + "out/kernel"], arr[m + "out/bias"] = (heads, dh, d), (d,)
+        for ln in ("LayerNorm_0", "LayerNorm_2"):
+            arr[f"{e}{ln}/scale"], arr[f"{e}{ln}/bias"] = (d,), (d,)
+        arr[e + "MlpBlock_3/Dense_0/kernel"], arr[e + "MlpBlock_3/Dense_0/bias"] = (d, 4 * d), (
+            4 * d,)
+        arr[e + "MlpBlock_3/Dense_1/kernel"], arr[e + "MlpBlock_3/Dense_1/bias"] = (4 * d, d), (
+            d,)
+    arrays = {k: rng.normal(size=s).astype(np.float32) for k, s in arr.items()}
+    np.savez(path, **arrays)
+    return arrays
+
+
+def test_augreg_npz_initialises_the_backbone(tmp_path):
+    from rankseg_jax.models import vit
+
+    c = small_train_config()
+    npz = _augreg_npz(tmp_path / "B_16.npz", np.random.default_rng(0))
+    setup = _setup(c)
+    params = train._pretrained_params(setup, str(tmp_path / "B_16.npz"))
+    bb = params["backbone"]
+    np.testing.assert_array_equal(bb["patch_embed"]["kernel"], npz["embedding/kernel"])
+    q = npz["Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel"]
+    np.testing.assert_array_equal(bb["layers"][0]["attn"]["query"]["kernel"], q.reshape(32, 32))
+    out = npz["Transformer/encoderblock_0/MultiHeadDotProductAttention_1/out/kernel"]
+    np.testing.assert_array_equal(bb["layers"][0]["attn"]["out"]["kernel"], out.reshape(32, 32))
+    # The 3x3 AugReg grid is resampled (torch bicubic) to the config's 4x4 grid.
+    want = vit.resize_pos_embed(npz["Transformer/posembed_input/pos_embedding"], (3, 3), (4, 4))
+    np.testing.assert_allclose(bb["pos_embed"], want, atol=1e-5)
+    # The head keeps its fresh (official-style random) initialisation.
+    fresh = jax.device_get(ts.init_state(setup)["params"]["head"])
+    for a, b in zip(jax.tree.leaves(params["head"]), jax.tree.leaves(fresh), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
