@@ -41,10 +41,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rankseg_jax import resize, transforms
+from rankseg_jax import ranking, resize, transforms
 from rankseg_jax.models import segmentor as seg_lib
 
-OUTSIDE = -100.0  # logit of a class outside a window's top-kappa (official value)
+OUTSIDE = ranking.OUTSIDE_TOPK_LOGIT  # logit of a class outside a window's top-kappa
 _HP = jax.lax.Precision.HIGHEST
 
 
