@@ -1,37 +1,48 @@
-"""Converts a local dataset download (mmseg folder layout) into ArrayRecord shards.
+"""Converts a local dataset download (mmseg folder layout) into a TFDS dataset (ArrayRecord).
 
     python -m data.prepare --dataset=ade20k --src=/path/ADEChallengeData2016 --out=data/ade20k
 
-Every pair is fully decoded and validated first (corrupt or truncated image, label value outside
-[0, K) other than the ignore value, size mismatch, missing pair, wrong bit depth): the first
-defect aborts with an error naming the file, so a prepared dataset never holds a bad example.
+Every pair is fully decoded and validated before it is written (corrupt or truncated image,
+label value outside [0, K) other than the ignore value, size mismatch, missing pair, wrong bit
+depth): the first defect aborts with an error naming the file, and TFDS then leaves no finished
+dataset behind, so a prepared dataset never holds a bad example. Missing files are found
+before anything is written. No TensorFlow is needed, to write or to read.
 
 Output in --out:
-  {split}.array_record-{i:05d}-of-{n:05d}   records in the schema of `rankseg_jax/sources.py`
-                                            (original image and label file bytes + name)
-  metadata.json   dataset facts, class names, palette, record schema, per-split shard list and
-                  example count, and the sha256 of every input file (relative to --src).
+  rankseg_<dataset>/1.0.0/   the TFDS dataset written by `RankSegBuilder`: ArrayRecord files
+                             `rankseg_<dataset>-{split}.array_record-NNNNN-of-NNNNN` plus
+                             TFDS's dataset_info.json and features.json. Features: 'image' =
+                             the original image file bytes (never re-encoded), 'label' = a PNG
+                             of the raw label values (`sources.label_png`), 'name' = the stem.
+                             Examples keep the order of the split's listing.
+  metadata.json              dataset facts, class names, palette, the TFDS builder name and
+                             version, per-split example count, and the sha256 of every input
+                             file (relative to --src).
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import hashlib
 import io
 import json
 import pathlib
 import sys
 
+import numpy as np
+import tensorflow_datasets as tfds
 from PIL import Image
 
 from rankseg_jax.datasets import DATASETS, DatasetInfo, get_dataset_info
 from rankseg_jax.sources import (
-    RECORD_VERSION,
+    TFDS_VERSION,
     BadExampleError,
     decode_pair,
-    encode_record,
+    label_png,
     list_pairs,
+    tfds_builder_name,
 )
 
 
@@ -44,60 +55,106 @@ def _pil_full_decode(data: bytes, where: str) -> None:
         raise BadExampleError(f"{where}: corrupt image ({e})") from e
 
 
-def check_pair(args: tuple[str, str, str, DatasetInfo]) -> tuple[bytes, str, str]:
-    """Reads and validates one pair; returns (record bytes, sha256 image, sha256 label).
+def check_pair(args: tuple[str, str, str, DatasetInfo]) -> tuple[dict, str, str]:
+    """Reads and validates one pair; returns (TFDS example, sha256 image, sha256 label).
 
-    Takes (image path, label path, name, info). Raises BadExampleError naming the file.
+    Takes (image path, label path, name, info). The example is {'image': original image
+    bytes, 'label': `label_png` bytes, 'name': name}. Raises BadExampleError naming the file.
     """
     img_path, ann_path, name, info = args
     image_bytes = pathlib.Path(img_path).read_bytes()
     label_bytes = pathlib.Path(ann_path).read_bytes()
     _pil_full_decode(image_bytes, img_path)
     decode_pair(image_bytes, label_bytes, info, name, img_path, ann_path)
-    return (encode_record(name, image_bytes, label_bytes),
-            hashlib.sha256(image_bytes).hexdigest(), hashlib.sha256(label_bytes).hexdigest())
+    example = {"image": image_bytes, "label": label_png(label_bytes, info, ann_path),
+               "name": name}
+    return (example, hashlib.sha256(image_bytes).hexdigest(),
+            hashlib.sha256(label_bytes).hexdigest())
 
 
-def write_split(src: pathlib.Path, out: pathlib.Path, info: DatasetInfo, split: str,
-                shard_size: int, num_workers: int) -> dict:
-    """Validates and writes one split; returns its metadata entry (shards, count, checksums)."""
-    from array_record.python.array_record_module import ArrayRecordWriter
+class RankSegBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """TFDS builder of one dataset in its mmseg layout; `make_builder` names it per dataset.
 
-    pairs = list_pairs(src, info, split)
-    num_shards = max(1, -(-len(pairs) // shard_size))
-    shards = [f"{split}.array_record-{i:05d}-of-{num_shards:05d}" for i in range(num_shards)]
-    checksums = {}
-    jobs = [(img, ann, name, info) for img, ann, name in pairs]
-    pool = concurrent.futures.ProcessPoolExecutor(num_workers) if num_workers > 1 else None
-    try:
-        results = pool.map(check_pair, jobs, chunksize=16) if pool else map(check_pair, jobs)
-        writer, shard = None, -1
-        for i, (pair, result) in enumerate(zip(pairs, results, strict=True)):
-            (img, ann, _), (record, h_img, h_ann) = pair, result
-            if i // shard_size != shard:
-                if writer is not None:
-                    writer.close()
-                shard = i // shard_size
-                # group_size:1 keeps every record individually addressable (fast random access).
-                writer = ArrayRecordWriter(str(out / shards[shard]), "group_size:1")
-            writer.write(record)
-            checksums[str(pathlib.Path(img).relative_to(src))] = h_img
-            checksums[str(pathlib.Path(ann).relative_to(src))] = h_ann
-            if (i + 1) % 1000 == 0:
-                print(f"{split}: {i + 1}/{len(pairs)}", file=sys.stderr)
-        writer.close()
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
-    return {"num_examples": len(pairs), "shards": shards, "sha256": checksums}
+    Takes the source root, the `DatasetInfo`, the splits to write and the number of validation
+    worker processes. Fills `checksums[split]` (input path relative to src -> sha256) while
+    generating. Builders are not registered: readers find the dataset by name in data_dir.
+    """
+
+    VERSION = tfds.core.Version(TFDS_VERSION)
+    RELEASE_NOTES = {TFDS_VERSION: "Original image bytes, raw labels as PNG, name."}
+
+    def __init__(self, *, src: pathlib.Path, dataset: DatasetInfo, splits: tuple[str, ...],
+                 num_workers: int = 1, **kwargs):
+        self._src, self._dataset, self._splits = src, dataset, splits
+        self._num_workers = num_workers
+        self.checksums: dict[str, dict[str, str]] = {s: {} for s in splits}
+        super().__init__(**kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        label_dtype = np.uint16 if self._dataset.label_bits == 16 else np.uint8
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=f"{self._dataset.name} for rankseg_jax (data/README.md); labels hold "
+                        "the raw file values, converted to training ids when read.",
+            features=tfds.features.FeaturesDict({
+                # encoding_format None: bytes are stored as given (JPEG for every dataset).
+                "image": tfds.features.Image(shape=(None, None, 3), dtype=np.uint8),
+                "label": tfds.features.Image(shape=(None, None, 1), dtype=label_dtype,
+                                             encoding_format="png"),
+                "name": tfds.features.Text(),
+            }),
+            disable_shuffling=True,  # example i = pair i of the listing, as in the folder
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # nothing to download: the files are local
+        # List every split first, so a missing file stops the run before anything is written.
+        pairs = {s: list_pairs(self._src, self._dataset, s) for s in self._splits}
+        return {s: self._generate_examples(s, pairs[s]) for s in self._splits}
+
+    def _generate_examples(self, split: str, pairs: list[tuple[str, str, str]]):
+        jobs = [(img, ann, name, self._dataset) for img, ann, name in pairs]
+        n = self._num_workers
+        pool = concurrent.futures.ProcessPoolExecutor(n) if n > 1 else None
+        try:
+            results = pool.map(check_pair, jobs, chunksize=16) if pool else map(check_pair, jobs)
+            for i, (pair, (example, h_img, h_ann)) in enumerate(zip(pairs, results,
+                                                                    strict=True)):
+                img, ann, _ = pair
+                self.checksums[split][str(pathlib.Path(img).relative_to(self._src))] = h_img
+                self.checksums[split][str(pathlib.Path(ann).relative_to(self._src))] = h_ann
+                if (i + 1) % 1000 == 0:
+                    print(f"{split}: {i + 1}/{len(pairs)}", file=sys.stderr)
+                yield i, example
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
 
 
-def prepare(dataset: str, src: str, out: str, splits=("train", "val"), shard_size: int = 1024,
-            num_workers: int = 1, class_names_file: str = "") -> pathlib.Path:
-    """Converts `src` (mmseg layout of `dataset`) into `out`; returns the metadata.json path."""
+def make_builder(info: DatasetInfo) -> type[RankSegBuilder]:
+    """Returns the `RankSegBuilder` subclass named `tfds_builder_name(info.name)`."""
+    name = tfds_builder_name(info.name)
+    return type(f"RankSegBuilder_{info.name}", (RankSegBuilder,), {"name": name},
+                skip_registration=True)
+
+
+def prepare(dataset: str, src: str, out: str, splits=("train", "val"), num_workers: int = 1,
+            class_names_file: str = "") -> pathlib.Path:
+    """Converts `src` (mmseg layout of `dataset`) into `out`; returns the metadata.json path.
+
+    An existing prepared dataset in `out` is rebuilt.
+    """
     info = get_dataset_info(dataset, class_names_file=class_names_file)
     src_p, out_p = pathlib.Path(src), pathlib.Path(out)
     out_p.mkdir(parents=True, exist_ok=True)
+    builder = make_builder(info)(src=src_p, dataset=info, splits=tuple(splits),
+                                 num_workers=num_workers, data_dir=str(out_p),
+                                 file_format="array_record")
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        download_mode=tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS))
+    with contextlib.suppress(OSError):  # TFDS makes an (unused, empty) download folder
+        (out_p / "downloads" / "extracted").rmdir()
+        (out_p / "downloads").rmdir()
     meta = {
         "dataset": info.name,
         "num_classes": info.num_classes,
@@ -108,16 +165,20 @@ def prepare(dataset: str, src: str, out: str, splits=("train", "val"), shard_siz
         "label_format": info.label_format,
         "mean": list(info.mean),
         "std": list(info.std),
-        "record_format": {
-            "version": RECORD_VERSION,
-            "layout": "uint32le n | n bytes JSON {v,name,image_len,label_len} | image | label",
-            "label_semantics": "raw file bytes; conversion to training ids at read time",
+        "tfds": {
+            "builder": builder.name,
+            "version": TFDS_VERSION,
+            "file_format": "array_record",
+            "features": {"image": "original image file bytes",
+                         "label": "PNG of the raw label values (original PNG, or lossless "
+                                  "16-bit PNG of a TIFF / index PNG of a palette PNG)",
+                         "name": "file stem"},
+            "label_semantics": "raw values; conversion to training ids at read time",
         },
         "source": str(src_p.resolve()),
-        "splits": {},
+        "splits": {s: {"num_examples": builder.info.splits[s].num_examples,
+                       "sha256": builder.checksums[s]} for s in splits},
     }
-    for split in splits:
-        meta["splits"][split] = write_split(src_p, out_p, info, split, shard_size, num_workers)
     path = out_p / "metadata.json"
     path.write_text(json.dumps(meta, indent=1))
     return path
@@ -130,13 +191,13 @@ def main(argv=None) -> int:
     parser.add_argument("--src", required=True, help="dataset root in its mmseg layout")
     parser.add_argument("--out", required=True, help="output folder (e.g. data/ade20k)")
     parser.add_argument("--splits", default="train,val")
-    parser.add_argument("--shard_size", type=int, default=1024)
-    parser.add_argument("--num_workers", type=int, default=1)
+    parser.add_argument("--num_workers", type=int, default=1,
+                        help="processes that read and validate pairs")
     parser.add_argument("--class_names_file", default="")
     a = parser.parse_args(argv)
     try:
-        path = prepare(a.dataset, a.src, a.out, tuple(a.splits.split(",")), a.shard_size,
-                       a.num_workers, a.class_names_file)
+        path = prepare(a.dataset, a.src, a.out, tuple(a.splits.split(",")), a.num_workers,
+                       a.class_names_file)
     except (BadExampleError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -11,11 +11,12 @@ match mmseg numerically on the RGB array.
 
 Two sources:
   * `FolderSource`: the mmseg folder layouts users have on disk (see `datasets.py` splits).
-  * `ArrayRecordSource`: shards written by `data/prepare.py`. Record schema (version 1):
-        uint32 little-endian n | n bytes UTF-8 JSON header | image bytes | label bytes
-    header = {"v": 1, "name": str, "image_len": int, "label_len": int}. The image and label
-    bytes are the *original files* (JPEG/PNG/TIFF), so both sources share one decoder and the
-    stored data can be checksummed against the download. Reading needs no TensorFlow.
+  * `ArrayRecordSource`: a dataset prepared by `data/prepare.py`, a TFDS dataset (ArrayRecord
+    files) read through `tfds.data_source` without TensorFlow. Its features are 'image' (the
+    original image file bytes), 'label' (a PNG of the raw label values: the original PNG, or a
+    lossless PNG re-encoding of 16-bit TIFFs and palette PNGs) and 'name'. Both are read back
+    undecoded (`SkipDecoding`) and go through the same `decode_pair` as the folder files, so
+    both sources give identical examples and there is one label-conversion path.
 
 Bad input raises `BadExampleError`, whose message names the file and the problem.
 """
@@ -26,7 +27,6 @@ import io
 import json
 import os
 import pathlib
-import struct
 
 import cv2
 import numpy as np
@@ -34,7 +34,14 @@ from PIL import Image
 
 from rankseg_jax.datasets import DatasetInfo
 
-RECORD_VERSION = 1
+# Prepared datasets: TFDS builder `rankseg_<dataset>` at this version, under `data.root`.
+TFDS_VERSION = "1.0.0"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def tfds_builder_name(dataset: str) -> str:
+    """Returns the TFDS builder name of a prepared dataset, e.g. 'rankseg_ade20k'."""
+    return f"rankseg_{dataset}"
 
 
 class BadExampleError(ValueError):
@@ -49,7 +56,7 @@ def _check_not_truncated(data: bytes, where: str) -> None:
     # missing end marker so a cut-off download never becomes a silently wrong sample.
     if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-1024:]:
         raise BadExampleError(f"{where}: truncated JPEG (no end-of-image marker)")
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in data[-64:]:
+    if data[:8] == PNG_MAGIC and b"IEND" not in data[-64:]:
         raise BadExampleError(f"{where}: truncated PNG (no IEND chunk)")
 
 
@@ -63,10 +70,13 @@ def decode_image(data: bytes, where: str) -> np.ndarray:
 
 
 def _read_raw_label(data: bytes, info: DatasetInfo, where: str) -> np.ndarray:
-    """Decodes label bytes in the dataset's format; returns the raw array (uint8 or int16)."""
+    """Decodes label bytes in the dataset's format; returns the raw array (uint8 or int16).
+
+    A 'tiff16' dataset's labels are TIFF in the folder layout and 16-bit PNG once prepared.
+    """
     _check_not_truncated(data, where)
     try:
-        if info.label_format == "tiff16":
+        if info.label_format == "tiff16" and not data.startswith(PNG_MAGIC):
             import tifffile  # only the 16-bit TIFF datasets need it
 
             raw = tifffile.imread(io.BytesIO(data))
@@ -90,6 +100,23 @@ def _read_raw_label(data: bytes, info: DatasetInfo, where: str) -> np.ndarray:
         # mmseg reads these files as int16: 65535 becomes -1 (the ignore value).
         raw = raw.view(np.int16) if raw.dtype == np.uint16 else raw
     return raw
+
+
+def label_png(data: bytes, info: DatasetInfo, where: str) -> bytes:
+    """Returns the label as PNG bytes holding exactly its raw values, for prepared datasets.
+
+    A non-palette PNG is returned unchanged; a palette PNG is re-encoded as its indices (mode
+    L) and a 16-bit TIFF as a 16-bit PNG of the same bits (int16 -1 stays 65535), both
+    losslessly, so `_read_raw_label` reads the same raw array from the result as from `data`.
+    """
+    raw = _read_raw_label(data, info, where)
+    if data.startswith(PNG_MAGIC):
+        with Image.open(io.BytesIO(data)) as im:
+            if im.mode != "P":
+                return data
+    buf = io.BytesIO()
+    Image.fromarray(raw.view(np.uint16) if raw.dtype == np.int16 else raw).save(buf, "PNG")
+    return buf.getvalue()
 
 
 def to_train_ids(raw: np.ndarray, info: DatasetInfo) -> np.ndarray:
@@ -201,60 +228,51 @@ class FolderSource:
         return f"FolderSource({self.info.name}, {len(self)} pairs)"
 
 
-# --------------------------------------------------------------------------- ArrayRecord
+# --------------------------------------------------------------------------- prepared (TFDS)
 
 
-def encode_record(name: str, image_bytes: bytes, label_bytes: bytes) -> bytes:
-    """Packs one pair into the version-1 record (see module doc); returns the record bytes."""
-    header = json.dumps({"v": RECORD_VERSION, "name": name, "image_len": len(image_bytes),
-                         "label_len": len(label_bytes)}).encode("utf-8")
-    return struct.pack("<I", len(header)) + header + image_bytes + label_bytes
-
-
-def decode_record(record: bytes) -> tuple[str, bytes, bytes]:
-    """Unpacks a version-1 record; returns (name, image bytes, label bytes)."""
-    (n,) = struct.unpack_from("<I", record, 0)
-    header = json.loads(record[4:4 + n].decode("utf-8"))
-    if header.get("v") != RECORD_VERSION:
-        raise BadExampleError(
-            f"record of {header.get('name')!r}: unknown version {header.get('v')}")
-    start = 4 + n
-    mid = start + header["image_len"]
-    end = mid + header["label_len"]
-    if end != len(record):
-        raise BadExampleError(f"record of {header['name']!r}: length {len(record)} != {end}")
-    return header["name"], record[start:mid], record[mid:end]
-
-
-def shard_paths(root: str | os.PathLike, split: str) -> list[str]:
-    """Returns the sorted ArrayRecord shard paths of a prepared split (from metadata.json)."""
-    root = pathlib.Path(root)
-    meta_path = root / "metadata.json"
+def read_metadata(root: str | os.PathLike) -> dict:
+    """Returns the metadata.json of a dataset prepared by `data/prepare.py` in `root`."""
+    meta_path = pathlib.Path(root) / "metadata.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path}: not a prepared dataset (run python -m data.prepare)")
     meta = json.loads(meta_path.read_text())
-    if split not in meta["splits"]:
-        raise KeyError(f"{meta_path}: no split {split!r}; known: {sorted(meta['splits'])}")
-    return [str(root / p) for p in meta["splits"][split]["shards"]]
+    if "tfds" not in meta:
+        raise ValueError(f"{meta_path}: not a TFDS dataset (an older data.prepare wrote it); "
+                         "run python -m data.prepare again")
+    return meta
 
 
 class ArrayRecordSource:
-    """Random access over prepared ArrayRecord shards; `src[i]` decodes record i."""
+    """Random access over a prepared TFDS dataset (module doc); `src[i]` decodes example i.
+
+    Reads with `tfds.data_source` (no TensorFlow); the reader pickles, so grain worker
+    processes can use it. Example i is pair i of the split's listing (TFDS shuffling is off).
+    """
 
     def __init__(self, root: str | os.PathLike, info: DatasetInfo, split: str):
-        import grain  # grain's reader is picklable, so worker processes can reopen it
+        import tensorflow_datasets as tfds
 
+        meta = read_metadata(root)
+        where = pathlib.Path(root) / "metadata.json"
+        if meta["dataset"] != info.name:
+            raise ValueError(f"{where}: prepared for {meta['dataset']!r}, not {info.name!r}")
+        if split not in meta["splits"]:
+            raise KeyError(f"{where}: no split {split!r}; known: {sorted(meta['splits'])}")
         self.info = info
-        self.paths = shard_paths(root, split)
-        self._records = grain.sources.ArrayRecordDataSource(self.paths)
+        skip = tfds.decode.SkipDecoding()
+        self._records = tfds.data_source(
+            f"{meta['tfds']['builder']}:{meta['tfds']['version']}", split=split,
+            data_dir=str(root), decoders={"image": skip, "label": skip})
 
     def __len__(self) -> int:
         return len(self._records)
 
     def __getitem__(self, index: int) -> dict:
-        name, image_bytes, label_bytes = decode_record(self._records[index])
-        return decode_pair(image_bytes, label_bytes, self.info, name,
-                           f"{name} (image, record {index})", f"{name} (label, record {index})")
+        ex = self._records[index]
+        name = ex["name"].decode("utf-8")
+        return decode_pair(ex["image"], ex["label"], self.info, name,
+                           f"{name} (image, example {index})", f"{name} (label, example {index})")
 
     def __repr__(self) -> str:
-        return f"ArrayRecordSource({self.info.name}, {len(self)} records)"
+        return f"ArrayRecordSource({self.info.name}, {len(self)} examples)"

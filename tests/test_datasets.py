@@ -1,4 +1,5 @@
-"""Dataset registry, folder/ArrayRecord sources, label conversion and bad-input errors."""
+"""Dataset registry, folder and prepared (TFDS ArrayRecord) sources, label conversion and
+bad-input errors."""
 
 import hashlib
 import io
@@ -8,6 +9,7 @@ import cv2
 import data_layouts as dl
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 from PIL import Image
 
 from data.prepare import main as prepare_main
@@ -17,8 +19,6 @@ from rankseg_jax.sources import (
     ArrayRecordSource,
     BadExampleError,
     FolderSource,
-    decode_record,
-    encode_record,
 )
 
 REAL = [n for n in datasets.DATASETS if n != "synthetic"]
@@ -98,33 +98,70 @@ def test_sixteen_bit_values_survive(tmp_path):
         assert value in label and -1 in label
 
 
-def test_array_record_roundtrip_and_checksums(tmp_path):
-    root = dl.write_dataset(tmp_path / "src", "coco_lvis", n_per_split=3)
-    info = datasets.get_dataset_info("coco_lvis")
-    meta_path = prepare("coco_lvis", str(root), str(tmp_path / "out"), shard_size=2)
+@pytest.mark.parametrize("name", ["coco_lvis", "ade20k_full", "ade20k"])
+def test_prepared_roundtrip_and_checksums(tmp_path, name):
+    # 16-bit PNG (COCO+LVIS), 16-bit TIFF re-encoded to PNG (ADE20K-Full), 8-bit PNG (ADE20K).
+    root = dl.write_dataset(tmp_path / "src", name, n_per_split=3)
+    info = datasets.get_dataset_info(name)
+    meta_path = prepare(name, str(root), str(tmp_path / "out"))
     meta = json.loads(meta_path.read_text())
+    assert meta["tfds"]["builder"] == f"rankseg_{name}"
     assert meta["splits"]["train"]["num_examples"] == 3
-    assert len(meta["splits"]["train"]["shards"]) == 2
-    assert len(meta["class_names"]) == 1284 and len(meta["palette"]) == 1284
-    rel = "lvis_mask/val2017/val_002.png"
-    assert meta["splits"]["val"]["sha256"][rel] == hashlib.sha256(
-        (root / rel).read_bytes()).hexdigest()
+    assert len(meta["class_names"]) == len(meta["palette"]) == info.num_classes
+    s = info.split("val")
+    for rel in (f"{s.image_dir}/val_002{info.image_suffix}",
+                f"{s.label_dir}/val_002{info.label_suffix}"):
+        assert meta["splits"]["val"]["sha256"][rel] == hashlib.sha256(
+            (root / rel).read_bytes()).hexdigest()
     for split in ("train", "val"):
-        folder, records = FolderSource(root, info, split), ArrayRecordSource(
+        folder, prepared = FolderSource(root, info, split), ArrayRecordSource(
             tmp_path / "out", info, split)
-        assert len(folder) == len(records) == 3
+        assert len(folder) == len(prepared) == 3
         for i in range(3):
-            a, b = folder[i], records[i]
-            assert a["name"] == b["name"]
+            a, b = folder[i], prepared[i]
+            assert a["name"] == b["name"] == f"{split}_{i:03d}"
             np.testing.assert_array_equal(a["image"], b["image"])
             np.testing.assert_array_equal(a["label"], b["label"])
+            assert b["label"].dtype == np.int32
+    # Plain TFDS decoding (no TensorFlow) sees the raw file values, 65535 included.
+    plain = tfds.data_source(f"rankseg_{name}", split="val", data_dir=str(tmp_path / "out"))
+    ex = plain[0]
+    assert ex["image"].shape == (24, 40, 3) and ex["name"] == b"val_000"
+    np.testing.assert_array_equal(ex["label"][:, :, 0], dl.raw_label(name))
+    assert not (tmp_path / "out" / "downloads").exists()
 
 
-def test_record_format():
-    rec = encode_record("x", b"IMG", b"LABEL")
-    assert decode_record(rec) == ("x", b"IMG", b"LABEL")
-    with pytest.raises(BadExampleError, match="length"):
-        decode_record(rec + b"junk")
+def test_prepared_palette_png_and_rebuild(tmp_path):
+    # A palette PNG is stored as its indices; preparing again into the same folder rebuilds.
+    root, info = _ade(tmp_path)
+    im = Image.fromarray(dl.raw_label("ade20k"), mode="L").convert("P")
+    im.putpalette([255 - v for v in range(256)] * 3)
+    im.save(root / "annotations/training/train_000.png")
+    out = tmp_path / "out"
+    prepare("ade20k", str(root), str(out), splits=("train",))
+    label = tfds.data_source("rankseg_ade20k", split="train", data_dir=str(out))[0]["label"]
+    np.testing.assert_array_equal(label[:, :, 0], dl.raw_label("ade20k"))
+    Image.fromarray(dl.raw_label("ade20k") * 0 + 1, mode="L").save(
+        root / "annotations/training/train_001.png")
+    prepare("ade20k", str(root), str(out), splits=("train",))
+    np.testing.assert_array_equal(ArrayRecordSource(out, info, "train")[1]["label"], 0)
+    with pytest.raises(KeyError, match="no split 'val'"):
+        ArrayRecordSource(out, info, "val")
+    with pytest.raises(ValueError, match="prepared for 'ade20k'"):
+        ArrayRecordSource(out, datasets.get_dataset_info("coco_lvis"), "train")
+    with pytest.raises(FileNotFoundError, match="not a prepared dataset"):
+        ArrayRecordSource(tmp_path, info, "train")
+
+
+def test_prepare_writes_nothing_for_a_bad_pair(tmp_path):
+    root, _ = _ade(tmp_path)
+    label = dl.raw_label("ade20k")
+    label[0, 0] = 201
+    _png8(root / "annotations/validation/val_001.png", label)
+    with pytest.raises(BadExampleError, match=r"val_001.png.*\[200\]"):
+        prepare("ade20k", str(root), str(tmp_path / "out"))
+    assert not (tmp_path / "out" / "metadata.json").exists()
+    assert not list((tmp_path / "out").rglob("*.array_record*"))
 
 
 # --------------------------------------------------------------------------- bad input
