@@ -23,6 +23,7 @@ import grain
 import jax
 import ml_collections as mlc
 import orbax.checkpoint as ocp
+from flax import nnx
 from orbax.checkpoint import checkpoint_managers as cm
 
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -119,6 +120,25 @@ def is_params_dir(directory: str | os.PathLike) -> bool:
 
 
 # --------------------------------------------------------------------------- params-only
+
+
+def params_tree(model: nnx.Module) -> dict:
+    """The params-only tree of `model`: `nnx.to_pure_dict` of its nnx.Param state.
+
+    Raises ValueError if the model holds other state, which would silently not be saved.
+    """
+    rest = nnx.state(model, nnx.Not(nnx.Param))
+    if jax.tree.leaves(rest):
+        raise ValueError("the model has non-Param state, which params-only checkpoints do not "
+                         f"carry: {jax.tree.map(jax.numpy.shape, rest)}")
+    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+
+def restore_params_into(model: nnx.Module, directory: str | os.PathLike) -> None:
+    """Loads a params-only dir into `model` (built from the same config) in place."""
+    state = nnx.state(model, nnx.Param)
+    nnx.replace_by_pure_dict(state, load_params(directory, nnx.to_pure_dict(state)))
+    nnx.update(model, state)
 
 
 def save_params(directory: str | os.PathLike, params: Any, metadata: dict | None = None) -> None:

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import optax
 
+from rankseg_jax import param_paths
 from rankseg_jax.convert import official
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -73,14 +74,6 @@ def decay_multiplier(name: str, decay_mult: Any) -> float:
     return 1.0
 
 
-def _path_of(key_path) -> tuple:
-    """jax key path -> our parameter path tuple (dict keys, ints kept as ints)."""
-    out = []
-    for k in key_path:
-        out.append(k.key if hasattr(k, "key") else k.idx if hasattr(k, "idx") else k)
-    return tuple(out)
-
-
 def decay_table(config: mlc.ConfigDict, params) -> dict[tuple, float]:
     """{our path: weight decay} for every leaf of `params` (a pure nested dict).
 
@@ -91,8 +84,7 @@ def decay_table(config: mlc.ConfigDict, params) -> dict[tuple, float]:
     names = official.official_names(config)
     wd = float(config.optim.weight_decay)
     table = {}
-    for key_path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
-        path = _path_of(key_path)
+    for path, _ in param_paths.flatten(params):
         name = names.get(path, ".".join(map(str, path)))
         table[path] = wd * decay_multiplier(name, config.optim.decay_mult)
     return table
@@ -100,7 +92,8 @@ def decay_table(config: mlc.ConfigDict, params) -> dict[tuple, float]:
 
 def _decay_tree(config: mlc.ConfigDict, params):
     table = decay_table(config, params)
-    return jax.tree_util.tree_map_with_path(lambda kp, _: table[_path_of(kp)], params)
+    return jax.tree_util.tree_map_with_path(
+        lambda kp, _: table[param_paths.key_path_tuple(kp)], params)
 
 
 def add_decayed_weights_tree(decay_tree) -> optax.GradientTransformation:

@@ -25,6 +25,8 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from rankseg_jax import param_paths
+
 AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
@@ -87,11 +89,6 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def path_name(path: tuple) -> str:
-    """Our parameter path tuple -> 'backbone/layers/0/attn/query/kernel'."""
-    return "/".join(str(p) for p in path)
-
-
 def partition_spec(name: str, shape: tuple, mesh_sizes: dict, fsdp_min_size: int) -> P:
     """The PartitionSpec of one parameter (see the module docstring for the rules)."""
     spec = [None] * len(shape)
@@ -116,16 +113,14 @@ def partition_spec(name: str, shape: tuple, mesh_sizes: dict, fsdp_min_size: int
     return P(*spec)
 
 
-def _key_path(kp) -> tuple:
-    return tuple(k.key if hasattr(k, "key") else k.idx if hasattr(k, "idx") else k for k in kp)
-
-
 def param_specs(params, mesh: jax.sharding.Mesh, config: mlc.ConfigDict):
     """PartitionSpec pytree for `params` (pure dict of arrays or ShapeDtypeStructs)."""
     sizes = dict(mesh.shape)
-    return jax.tree_util.tree_map_with_path(
-        lambda kp, x: partition_spec(path_name(_key_path(kp)), tuple(x.shape), sizes,
-                                     config.mesh.fsdp_min_size), params)
+    def spec(kp, x):
+        name = param_paths.path_name(param_paths.key_path_tuple(kp))
+        return partition_spec(name, tuple(x.shape), sizes, config.mesh.fsdp_min_size)
+
+    return jax.tree_util.tree_map_with_path(spec, params)
 
 
 def param_shardings(params, mesh: jax.sharding.Mesh, config: mlc.ConfigDict):
@@ -140,17 +135,12 @@ def spec_table(params, mesh: jax.sharding.Mesh, config: mlc.ConfigDict) -> dict[
     flat = jax.tree_util.tree_flatten_with_path(specs, is_leaf=lambda x: isinstance(x, P))[0]
     out = {}
     for kp, spec in flat:
-        shape = _lookup(params, _key_path(kp)).shape
+        path = param_paths.key_path_tuple(kp)
+        shape = param_paths.get_path(params, path).shape
         full = list(spec) + [None] * (len(shape) - len(spec))
-        out[path_name(_key_path(kp))] = [s if s is None or isinstance(s, str) else list(s)
-                                         for s in full]
+        out[param_paths.path_name(path)] = [s if s is None or isinstance(s, str) else list(s)
+                                            for s in full]
     return out
-
-
-def _lookup(tree, path):
-    for k in path:
-        tree = tree[k]
-    return tree
 
 
 def replicated_bytes_fraction(params, shardings) -> float:

@@ -22,7 +22,7 @@ import ml_collections as mlc
 import numpy as np
 
 from configs import common
-from rankseg_jax import checkpointing, input_pipeline, optim, sharding
+from rankseg_jax import checkpointing, input_pipeline, optim, param_paths, sharding
 from rankseg_jax import train_state as ts
 from rankseg_jax.train_log import MetricLogger
 
@@ -82,12 +82,6 @@ def validate_config(config: mlc.ConfigDict, num_devices: int | None = None,
 # --------------------------------------------------------------------------- initial weights
 
 
-def _set_path(tree: dict, path: tuple, value) -> None:
-    for k in path[:-1]:
-        tree = tree[k]
-    tree[path[-1]] = value
-
-
 def _pretrained_params(setup: ts.TrainSetup, path: str):
     """Pure param dict from init.pretrained: a params-only dir, or any checkpoint format the
     converter reads (official/Segmenter .pth, timm, AugReg .npz; backbone-only formats keep
@@ -99,18 +93,15 @@ def _pretrained_params(setup: ts.TrainSetup, path: str):
     p = pathlib.Path(path)
     if p.is_dir() and checkpointing.is_params_dir(p):
         return checkpointing.load_params(p, abstract)
-    shapes = {tuple(kp_path): tuple(x.shape) for kp_path, x in _flat(abstract)}
+    shapes = {path: tuple(x.shape) for path, x in param_paths.flatten(abstract)}
     converted, report = convert.read_checkpoint(p, config, shapes, allow_partial=None)
     log.info("init.pretrained %s: %s", path, report.summary())
-    params = ts._params_of(ts.model_from_params(setup, ts.init_state(setup)["params"]))
+    # Parameters the source lacks (e.g. the head for backbone-only formats) keep the random
+    # official-style init.
+    params = jax.device_get(ts.init_state(setup)["params"])
     for k, v in converted.items():
-        _set_path(params, k, v)
+        param_paths.set_path(params, k, v)
     return params
-
-
-def _flat(tree):
-    from rankseg_jax.optim import _path_of
-    return [(_path_of(kp), x) for kp, x in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
 def initial_state(setup: ts.TrainSetup, ckpt: checkpointing.Checkpointer, data_iterator):

@@ -23,8 +23,8 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from rankseg_jax import checkpointing, multilabel_metrics, optim, ranking, sharding
 from rankseg_jax import losses as losses_lib
-from rankseg_jax import multilabel_metrics, optim, ranking, sharding
 from rankseg_jax.models.segmentor import build_model
 
 
@@ -39,20 +39,11 @@ class TrainSetup:
     state_shardings: Any  # pytree of NamedSharding, same structure as the state
 
 
-def _params_of(model: nnx.Module) -> dict:
-    state = nnx.state(model)
-    rest = nnx.state(model, nnx.Not(nnx.Param))
-    if jax.tree.leaves(rest):
-        raise ValueError("the model has non-Param state, which the trainer does not carry: "
-                         f"{jax.tree.map(jnp.shape, rest)}")
-    return nnx.to_pure_dict(nnx.state(model, nnx.Param)) if state is not None else {}
-
-
 def make_setup(config: mlc.ConfigDict, mesh: jax.sharding.Mesh) -> TrainSetup:
     """Shapes, optimizer and shardings of the train state, without allocating anything."""
     abstract_model = nnx.eval_shape(lambda: build_model(config, nnx.Rngs(config.seed)))
     graphdef, _ = nnx.split(abstract_model, nnx.Param)
-    abs_params = _params_of(abstract_model)
+    abs_params = checkpointing.params_tree(abstract_model)
     tx = optim.make_optimizer(config, abs_params)
     abs_opt = jax.eval_shape(tx.init, abs_params)
     abs_state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": abs_params,
@@ -71,7 +62,7 @@ def init_state(setup: TrainSetup) -> dict:
     config, tx = setup.config, setup.tx
 
     def init():
-        params = _params_of(build_model(config, nnx.Rngs(config.seed)))
+        params = checkpointing.params_tree(build_model(config, nnx.Rngs(config.seed)))
         return {"step": jnp.zeros((), jnp.int32), "params": params,
                 "opt_state": tx.init(params)}
 

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 from helpers import FIXTURES, ROOT, tiny_config
 
+from rankseg_jax import checkpointing
 from rankseg_jax.convert import (
     CheckpointMismatch,
     export_official,
     formats,
     load_pretrained,
     official,
-    params_io,
 )
 from rankseg_jax.models import segmentor
 from tests.reference import numpy_ref as R
@@ -449,7 +449,7 @@ def test_cli_params_dir_and_reverse(tmp_path):
     out_dir, saved_dir = tmp_path / "converted", tmp_path / "saved"
     cfg = tiny_config("rankseg")
     direct, _ = ours(cfg, FIXTURES / "rankseg.pth")
-    params_io.save_params(saved_dir, params_io.model_pure_params(direct), {"note": "test"})
+    checkpointing.save_params(saved_dir, checkpointing.params_tree(direct), {"note": "test"})
     pth = tmp_path / "back.pth"
     run = [sys.executable, "-m", "rankseg_jax.convert", f"--config={cfg_file}"]
     # Both directions at once (independent inputs) to keep the wall time down.
@@ -462,11 +462,11 @@ def test_cli_params_dir_and_reverse(tmp_path):
         log = proc.communicate()[0].decode()
         assert proc.returncode == 0, log[-3000:]
 
-    meta = params_io.load_metadata(out_dir)
+    meta = checkpointing.read_metadata(out_dir)
     assert meta["format"] == "mmseg" and len(meta["sha256"]) == 64
     assert meta["allow_partial"] is True
     restored = segmentor.build_model(cfg)
-    params_io.restore_into(restored, out_dir)
+    checkpointing.restore_params_into(restored, out_dir)
     images = _nhwc(np.load(FIXTURES / "io.npz")["images"])
     a, b = restored(images, full_logits=True), direct(images, full_logits=True)
     for key in ("full_logits", "image_logits", "patch_grid"):

@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 from helpers import tiny_config
 
-from rankseg_jax import sharding
+from rankseg_jax import param_paths, sharding
 from rankseg_jax.models.segmentor import build_model
 
 HERE = pathlib.Path(__file__).parent
@@ -27,9 +27,9 @@ def _spec_table():
     table = {}
     for path, var in flat:
         shape = tuple(var.shape)
-        spec = sharding.partition_spec(sharding.path_name(path), shape, SIZES,
+        spec = sharding.partition_spec(param_paths.path_name(path), shape, SIZES,
                                        c.mesh.fsdp_min_size)
-        table[sharding.path_name(path)] = {
+        table[param_paths.path_name(path)] = {
             "shape": list(shape), "spec": list(spec) + [None] * (len(shape) - len(spec))}
     return table
 

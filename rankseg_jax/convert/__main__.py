@@ -33,12 +33,12 @@ _REVERSE = flags.DEFINE_bool("reverse", False, "Export a params dir to an mmseg 
 def main(argv):
     del argv
     from configs import common
+    from rankseg_jax import checkpointing
     from rankseg_jax.convert import (
         config_summary,
         export_official,
         file_sha256,
         load_pretrained,
-        params_io,
     )
     from rankseg_jax.models import segmentor
 
@@ -47,7 +47,7 @@ def main(argv):
     src, out = pathlib.Path(_SRC.value), pathlib.Path(_OUT.value)
     model = segmentor.build_model(config)
     if _REVERSE.value:
-        params_io.restore_into(model, src)
+        checkpointing.restore_params_into(model, src)
         export_official(model, config, out, {"source": str(src.absolute())})
         logging.info("wrote %s", out)
         print(f"wrote {out}")
@@ -59,7 +59,7 @@ def main(argv):
                 "format": report.format, "config_summary": config_summary(config),
                 "allow_partial": _ALLOW_PARTIAL.value, "reset_head": _RESET_HEAD.value,
                 "report": report.to_dict()}
-    params_io.save_params(out, params_io.model_pure_params(model), metadata)
+    checkpointing.save_params(out, checkpointing.params_tree(model), metadata)
     print(f"wrote {out}/params and {out}/metadata.json")
 
 

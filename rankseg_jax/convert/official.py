@@ -19,6 +19,8 @@ import ml_collections as mlc
 import numpy as np
 from flax import nnx
 
+from rankseg_jax import param_paths
+
 # Transform kinds: how the official tensor becomes ours.
 IDENTITY = "identity"
 LINEAR = "linear"  # [out, in] -> [in, out]
@@ -246,10 +248,6 @@ class Report:
         return "\n  ".join(parts)
 
 
-def path_str(path: tuple) -> str:
-    return "/".join(map(str, path))
-
-
 def is_class_dependent(path: tuple) -> bool:
     """Parameters replaced by `reset_head`: the whole decode head and OCE class tokens."""
     return path[0] == "head" or tuple(path) == ("backbone", "cls_emb")
@@ -310,7 +308,7 @@ def map_state_dict(state_dict: Mapping[str, np.ndarray], rows: list[Row], *,
                 report.reset.append(row.path)
             continue
         if row.key not in sd:
-            report.missing.append(f"{path_str(row.path)} <- {row.key}")
+            report.missing.append(f"{param_paths.path_name(row.path)} <- {row.key}")
             continue
         used.add(row.key)
         value = to_ours(np.asarray(sd[row.key]), row.kind)
@@ -321,13 +319,13 @@ def map_state_dict(state_dict: Mapping[str, np.ndarray], rows: list[Row], *,
             value, src_grid = resample_pos_embed(value, grid)
             report.resized.append(f"{row.key}: grid {src_grid} -> {grid} (torch bicubic)")
         if want is not None and tuple(value.shape) != tuple(want):
-            msg = (f"{row.key} -> {path_str(row.path)}: {tuple(value.shape)} vs model "
+            msg = (f"{row.key} -> {param_paths.path_name(row.path)}: {tuple(value.shape)} vs model "
                    f"{tuple(want)}")
             (class_shape if is_class_dependent(row.path) else bad_shape).append(msg)
             continue
         out[row.path] = value
-    report.loaded = [path_str(p) for p in out]
-    report.reset = [path_str(p) for p in report.reset]
+    report.loaded = [param_paths.path_name(p) for p in out]
+    report.reset = [param_paths.path_name(p) for p in report.reset]
     buffers = dict(buffers or {})
     for key in sorted(sd):
         if key in used:
@@ -356,7 +354,7 @@ def map_state_dict(state_dict: Mapping[str, np.ndarray], rows: list[Row], *,
         problems.append(f"shape mismatches ({len(bad_shape)}): {bad_shape}")
     if expected is not None:
         mapped = {r.path for r in rows}
-        unmapped = sorted(path_str(p) for p in expected if p not in mapped)
+        unmapped = sorted(param_paths.path_name(p) for p in expected if p not in mapped)
         if unmapped:
             problems.append(f"model parameters with no mapping row: {unmapped}")
     if problems:
@@ -452,7 +450,7 @@ def export_state_dict(params: Mapping[tuple, np.ndarray],
     parameter is absent.
     """
     rows = mapping_table(config)
-    missing = [path_str(r.path) for r in rows if r.path not in params]
+    missing = [param_paths.path_name(r.path) for r in rows if r.path not in params]
     if missing:
         raise CheckpointMismatch(f"params lack mapped entries: {missing}")
     values: dict[str, np.ndarray] = {}
@@ -493,8 +491,7 @@ def load_into(model: nnx.Module, params: Mapping[tuple, np.ndarray]) -> None:
     flat = dict(nnx.to_flat_state(state))
     for path, value in params.items():
         var = flat[path]
-        var.set_value(np.asarray(value, dtype=var.get_value().dtype)) if hasattr(
-            var, "set_value") else setattr(var, "value", np.asarray(value))
+        var.set_value(np.asarray(value, dtype=var.get_value().dtype))
     nnx.update(model, state)
 
 
@@ -507,5 +504,5 @@ def load_official_checkpoint(model: nnx.Module, path: str | pathlib.Path,
 
 def model_params(model: nnx.Module) -> dict[tuple, np.ndarray]:
     """{our path: numpy array} of every nnx.Param of `model`."""
-    return {tuple(path): np.asarray(v.get_value() if hasattr(v, "get_value") else v.value)
+    return {tuple(path): np.asarray(v.get_value())
             for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
