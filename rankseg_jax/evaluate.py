@@ -157,9 +157,12 @@ def evaluate(config, model, workdir=None, *, step=None, split="val") -> dict:
         acc, {"sums": mla.sums, "counts": mla.counts, "any_gt": mla.any_gt}, seen, k)
     out = metrics.compute_metrics(totals, class_names=info.class_names)
     if model.is_rankseg:
-        for key, s, c in zip(_ML_KEYS, ml_sums, ml_counts, strict=True):
-            one = key in ("img_recall", "pixel_recall") and not any_gt  # official rule
-            out[key] = 1.0 if one else (float(s / c) if c else float("nan"))
+        # The all-process totals go through the accumulator's own means (and its official
+        # "recall is 1 when no image has a GT class" rule).
+        mla.sums = {key: float(v) for key, v in zip(_ML_KEYS, ml_sums, strict=True)}
+        mla.counts = {key: int(v) for key, v in zip(_ML_KEYS, ml_counts, strict=True)}
+        mla.any_gt = any_gt
+        out.update(mla.compute())
         out["img_precision"] = out.pop("img_accuracy")  # precision@kappa
     out.update(num_images=n_images, seconds=seconds, images_per_s=seen / max(seconds, 1e-9))
     if p == 0:
