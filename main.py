@@ -59,25 +59,27 @@ def main(argv):
         logging.getLogger().setLevel(logging.WARNING)
         logging.getLogger("rankseg_jax").setLevel(logging.WARNING)
     config = FLAGS.config
-    from rankseg_jax import train
     if FLAGS.mode == "train":
         if not FLAGS.workdir:
             raise app.UsageError("--workdir is required for training")
-        train.train_and_evaluate(config, FLAGS.workdir)
+        from rankseg_jax.train import loop
+        loop.train_and_evaluate(config, FLAGS.workdir)
         return
-    from rankseg_jax import sharding
-    from rankseg_jax import train_state as ts
-    train.validate_config(config)
-    setup = ts.make_setup(config, sharding.make_mesh(config))
-    params = train.load_inference_params(setup, FLAGS.checkpoint, FLAGS.workdir)
-    model = ts.model_from_params(setup, params)
+    import rankseg_jax
+    from rankseg_jax import config as config_lib
+    config_lib.validate(config, check_files=False)
+    source = FLAGS.checkpoint or FLAGS.workdir
+    if not source:
+        raise app.UsageError("--mode=eval/predict needs --checkpoint or a --workdir holding "
+                             "checkpoints")
+    model = rankseg_jax.load_model(source, config)[1]
     if FLAGS.mode == "eval":
-        from rankseg_jax import evaluate
+        from rankseg_jax.evaluation import evaluate
         evaluate.evaluate(config, model, FLAGS.workdir or None)
     else:
         if not FLAGS.input or not FLAGS.output:
             raise app.UsageError("--mode=predict needs --input and --output")
-        from rankseg_jax import predict
+        from rankseg_jax.evaluation import predict
         predict.predict(config, model, FLAGS.input, FLAGS.output)
 
 

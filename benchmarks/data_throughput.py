@@ -25,10 +25,11 @@ from PIL import Image
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from configs.common import base_config  # noqa: E402
-from rankseg_jax import input_pipeline, transforms  # noqa: E402
-from rankseg_jax.datasets import get_dataset_info  # noqa: E402
-from rankseg_jax.sources import FolderSource  # noqa: E402
+from rankseg_jax.config import base_config  # noqa: E402
+from rankseg_jax.data import pipeline as input_pipeline  # noqa: E402
+from rankseg_jax.data import transforms
+from rankseg_jax.data.registry import get_dataset_info  # noqa: E402
+from rankseg_jax.data.sources import FolderSource  # noqa: E402
 
 
 def write_ade_like(root: pathlib.Path, n: int, seed: int = 0) -> None:

@@ -44,16 +44,16 @@ def worker(k: int, path: str, run: bool) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from rankseg_jax import export, resize
-    from rankseg_jax.models import segmentor
+    from rankseg_jax import models, resize
+    from rankseg_jax.evaluation import export, full_logits
 
     c = _config(k)
-    model = segmentor.build_model(c)
+    model = models.build_model(c)
     if path == "light":
         fn = export.inference_fn(c, model, HW)
     else:
         def fn(images):
-            logits = segmentor.inference_logits(model, images, mode="slide", crop=(512, 512),
+            logits = full_logits.inference_logits(model, images, mode="slide", crop=(512, 512),
                                                 stride=(512, 512))
             return jnp.argmax(resize.resize_bilinear(logits, HW), axis=1)
     x = jax.ShapeDtypeStruct((1, *HW, 3), jnp.float32)

@@ -51,19 +51,19 @@ MIB = 2**20
 
 
 def _config(k: int, head: str, kappa: int, preset: str):
-    from configs import common
+    from rankseg_jax import config as config_lib
 
-    c = common.base_config()
-    common.apply_vit_preset(c, preset)
+    c = config_lib.base_config()
+    config_lib.apply_vit_preset(c, preset)
     c.model.num_classes = k
-    c.model.head.type = head
+    c.model.rankseg.enabled = head == "rankseg"
     if head == "rankseg":
-        c.model.head.topk = kappa
+        c.model.rankseg.topk = kappa
     c.data.crop_size = CROP
-    c.model.backbone.img_size = CROP
+    c.model.vit.img_size = CROP
     c.train.batch_size = 1
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 1, 1
-    common.validate(c)
+    config_lib.validate(c)
     return c
 
 
@@ -93,7 +93,8 @@ def worker_step(k: int, head: str, kappa: int, preset: str, run: bool) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from rankseg_jax import sharding, train_state
+    from rankseg_jax import sharding
+    from rankseg_jax.train import step as train_state
 
     c = _config(k, head, kappa, preset)
     mesh = sharding.make_mesh(c, jax.devices()[:1])
@@ -129,10 +130,10 @@ def worker_loss(k: int, head: str, kappa: int, preset: str) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from rankseg_jax import losses
+    from rankseg_jax.train import losses
 
     c = _config(k, head, kappa, preset)
-    grid = tuple(s // c.model.backbone.patch_size for s in CROP)
+    grid = tuple(s // c.model.vit.patch_size for s in CROP)
     n_masks = kappa if head == "rankseg" else k
     outs = {"mask_logits": jax.ShapeDtypeStruct((1, n_masks, *grid), jnp.float32)}
     if head == "rankseg":

@@ -1,1 +1,1 @@
-"""ml_collections configs: `get_config(arg)` per dataset; the schema lives in `common.py`."""
+"""ml_collections configs: `get_config(arg)` per dataset (schema: `rankseg_jax/config/`)."""

@@ -16,12 +16,12 @@ Data: prepare once with `python -m data.prepare --dataset=ade20k --src=.../ADECh
 Variants: see configs/variants.py.
 """
 
-from configs import common, variants
+from rankseg_jax.config import base_config, variants
 
 
 def get_config(arg=None):
     args = variants.parse(arg)
-    c = common.base_config()
+    c = base_config()
     variants.set_dataset(c, "ade20k")
     variants.set_rankseg(c, topk=50, img_loss="asl", img_weight=10.0, weight_decay=1e-6)
     variants.set_schedule(c, 160_000, 16_000)

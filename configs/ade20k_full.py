@@ -14,12 +14,12 @@ Data: the MaskFormer `prepare_ade20k_full_sem_seg.py` output in the RankSeg layo
 --out=data/ade20k_full`. Class names: `--config.data.class_names_file=...` (data/README.md).
 """
 
-from configs import common, variants
+from rankseg_jax.config import base_config, variants
 
 
 def get_config(arg=None):
     args = variants.parse(arg)
-    c = common.base_config()
+    c = base_config()
     variants.set_dataset(c, "ade20k_full")
     variants.set_rankseg(c, topk=100, img_loss="asl", img_weight=10.0, weight_decay=1e-6)
     variants.set_schedule(c, 160_000, 16_000)

@@ -12,12 +12,12 @@ Data: `python -m data.prepare --dataset=coco_lvis --src=.../lvis --out=data/coco
 (layout `images/{train2017,val2017}`, `lvis_mask/{train2017,val2017}/*.png`).
 """
 
-from configs import common, variants
+from rankseg_jax.config import base_config, variants
 
 
 def get_config(arg=None):
     args = variants.parse(arg)
-    c = common.base_config()
+    c = base_config()
     variants.set_dataset(c, "coco_lvis")
     variants.set_rankseg(c, topk=100, img_loss="asl", img_weight=10.0, weight_decay=1e-6)
     variants.set_schedule(c, 320_000, 32_000)

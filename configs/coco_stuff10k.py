@@ -13,12 +13,12 @@ Data: `python -m data.prepare --dataset=coco_stuff10k --src=.../coco_stuff10k
 --out=data/coco_stuff10k` (mmseg layout with *_labelTrainIds.png).
 """
 
-from configs import common, variants
+from rankseg_jax.config import base_config, variants
 
 
 def get_config(arg=None):
     args = variants.parse(arg, iters80k=False)
-    c = common.base_config()
+    c = base_config()
     variants.set_dataset(c, "coco_stuff10k")
     variants.set_rankseg(c, topk=50, img_loss="bce", img_weight=10.0, weight_decay=0.0)
     variants.set_schedule(c, 40_000, 4_000)

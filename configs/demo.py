@@ -11,19 +11,19 @@ TensorBoard logs and metrics.jsonl, and ends with an evaluation table. `:baselin
 the Segmenter baseline for comparison; `:steps=300` is a quicker look.
 """
 
-from configs import common, variants
+from rankseg_jax.config import ConfigError, base_config, variants
 
 
 def get_config(arg=None):
     args = variants.parse(arg, steps=1500)
-    c = common.base_config()
+    c = base_config()
     c.model.num_classes = 48
-    b, h = c.model.backbone, c.model.head
+    b, h, r = c.model.vit, c.model.head, c.model.rankseg
     b.embed_dim, b.depth, b.num_heads, b.img_size = 96, 4, 3, (128, 128)
     b.drop_path_rate = 0.0
-    h.d_model, h.num_heads, h.d_ff, h.dropout = 96, 3, 384, 0.0
-    h.type, h.topk, h.downsample, h.n_layers = "rankseg", 16, 4, 3  # kappa ~ K/3 as the paper
-    h.dec_num_heads, h.dec_d_ff = 3, 192
+    h.d_model, h.num_heads, h.d_ff, h.dropout, h.n_layers = 96, 3, 384, 0.0, 3
+    r.enabled, r.topk, r.downsample = True, 16, 4  # kappa ~ K/3 as the paper
+    r.dec_num_heads, r.dec_d_ff = 3, 192
     c.loss.img_type, c.loss.img_weight = "asl", 10.0
     d = c.data
     d.name, d.format, d.root = "synthetic", "synthetic", ""
@@ -44,5 +44,5 @@ def get_config(arg=None):
         variants.set_baseline(c)
         c.optim.name, c.optim.weight_decay = "adamw", 1e-4
     if args.vit_l:
-        raise common.ConfigError("configs/demo.py has no vit_l variant (the demo is CPU-sized)")
+        raise ConfigError("configs/demo.py has no vit_l variant (the demo is CPU-sized)")
     return variants.apply(c, args)

@@ -16,12 +16,12 @@ Data: `python -m data.prepare --dataset=pascal_context60 --src=.../VOCdevkit/VOC
 SegmentationClassContext).
 """
 
-from configs import common, variants
+from rankseg_jax.config import base_config, variants
 
 
 def get_config(arg=None):
     args = variants.parse(arg, ss=False)
-    c = common.base_config()
+    c = base_config()
     variants.set_dataset(c, "pascal_context60")
     variants.set_rankseg(c, topk=25, img_loss="asl", img_weight=5.0, weight_decay=1e-6)
     variants.set_schedule(c, 80_000, 8_000)

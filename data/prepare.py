@@ -35,8 +35,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from rankseg_jax.datasets import DATASETS, DatasetInfo, get_dataset_info
-from rankseg_jax.sources import (
+from rankseg_jax.data.registry import DATASETS, DatasetInfo, get_dataset_info
+from rankseg_jax.data.sources import (
     TFDS_VERSION,
     BadExampleError,
     decode_pair,

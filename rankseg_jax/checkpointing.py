@@ -17,11 +17,13 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+from collections.abc import Callable
 from typing import Any
 
 import grain
 import jax
 import ml_collections as mlc
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 from orbax.checkpoint import checkpoint_managers as cm
@@ -174,3 +176,84 @@ def read_metadata(directory: str | os.PathLike) -> dict:
     p = pathlib.Path(directory) / METADATA_FILE
     return json.loads(p.read_text()) if p.exists() else {}
 
+
+
+# --------------------------------------------------------------------------- weight sources
+
+
+def _latest_step_dir(root: pathlib.Path) -> pathlib.Path:
+    steps = sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
+    if not steps:
+        raise FileNotFoundError(f"no checkpoint step folder in {root}")
+    return root / str(steps[-1])
+
+
+def restore_training_params(directory: str | os.PathLike, abstract_params: Any,
+                            step: int | None = None) -> Any:
+    """The params of a training checkpoint (run dir or its checkpoints/ dir), nothing else.
+
+    abstract_params: pytree of jax.ShapeDtypeStruct carrying .sharding. Only `params` is read
+    (orbax partial restore), so no optimizer is needed to load weights for inference.
+    step: None = the latest step.
+    """
+    root = training_checkpoint_root(directory).absolute()
+    step_dir = _latest_step_dir(root) if step is None else root / str(int(step))
+    target = {"params": abstract_params}
+    with ocp.PyTreeCheckpointer() as ckptr:
+        out = ckptr.restore(step_dir / "state", args=ocp.args.PyTreeRestore(
+            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True))
+    return out["params"]
+
+
+def place_params(params: Any, abstract_params: Any) -> Any:
+    """Host (numpy) params -> global jax.Arrays on the shardings of `abstract_params`.
+
+    Works with several processes: each one builds its own shards from the host copy.
+    """
+    def place(x, a):
+        if isinstance(x, jax.Array) and x.sharding == a.sharding:
+            return x
+        host = np.asarray(jax.device_get(x), a.dtype)
+        return jax.make_array_from_callback(a.shape, a.sharding, lambda idx: host[idx])
+
+    return jax.tree.map(place, params, abstract_params)
+
+
+def resolve_params(source: str | os.PathLike, config: mlc.ConfigDict, abstract_params: Any,
+                   *, fresh_params: Callable[[], Any]) -> tuple[Any, str]:
+    """Params from any weight source, placed on the shardings of `abstract_params`.
+
+    The one path by which training (`init.pretrained`), evaluation, prediction, conversion and
+    export find weights. `source` is one of:
+      * a params-only directory (`save_params`);
+      * a run directory or its `checkpoints/` directory (latest step; params only);
+      * a file any converter reads (official `.pth`, timm, AugReg `.npz`, ...).
+    fresh_params: () -> host params of a freshly initialised model; parameters a backbone-only
+      source lacks keep those values.
+    Returns (params, a one-line description of what was loaded).
+    """
+    p = pathlib.Path(source)
+    if is_params_dir(p):
+        return load_params(p, abstract_params), f"params-only {p}"
+    if is_training_checkpoint(p):
+        root = training_checkpoint_root(p)
+        step = _latest_step_dir(root).name
+        params = restore_training_params(p, abstract_params)
+        return params, f"training checkpoint {root} step {step}"
+    if not p.is_file():
+        raise FileNotFoundError(f"no weights at {str(source)!r}: expected a params-only "
+                                "directory, a run directory with checkpoints/ or a checkpoint "
+                                "file (.pth, .npz, .safetensors, .bin)")
+    from rankseg_jax import (
+        convert,  # imports torch lazily, only for files
+        param_paths,
+    )
+
+    shapes = {path: tuple(x.shape) for path, x in param_paths.flatten(abstract_params)}
+    converted, report = convert.read_checkpoint(p, config, shapes, allow_partial=None)
+    params = fresh_params() if len(converted) < len(shapes) else jax.tree.map(
+        lambda a: np.zeros(a.shape, a.dtype), abstract_params)
+    for k, v in converted.items():
+        param_paths.set_path(params, k, v)
+    return place_params(params, abstract_params), report.summary()

@@ -152,3 +152,16 @@ def replicated_bytes_fraction(params, shardings) -> float:
         if all(a is None for a in s.spec):
             rep += n
     return rep / max(total, 1)
+
+
+def with_shardings(abstract, mesh: jax.sharding.Mesh, config: mlc.ConfigDict):
+    """Attaches the rule-based shardings to an abstract pytree.
+
+    abstract: pytree of jax.ShapeDtypeStruct (params, or a whole train state: the rules key on
+    path suffixes and shapes, so optimizer moments get their parameter's sharding and scalars
+    are replicated). Returns (abstract with .sharding set, pytree of NamedSharding).
+    """
+    shardings = param_shardings(abstract, mesh, config)
+    out = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                       abstract, shardings)
+    return out, shardings

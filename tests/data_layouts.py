@@ -14,7 +14,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from rankseg_jax.datasets import get_dataset_info
+from rankseg_jax.data.registry import get_dataset_info
 
 RGB = (200, 60, 20)
 

@@ -9,7 +9,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from configs import common  # noqa: E402
+import jax  # noqa: E402
+
+from rankseg_jax import config as config_lib  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures" / "official"
 
@@ -21,21 +23,30 @@ def tiny_config(kind: str = "rankseg", *, num_classes: int = 20, topk: int = 8,
 
     kind: 'baseline' (Segmenter head, 2 blocks) or 'rankseg' (3 blocks).
     """
-    c = common.base_config()
+    c = config_lib.base_config()
     c.model.num_classes = num_classes
-    b = c.model.backbone
+    b = c.model.vit
     b.embed_dim, b.depth, b.num_heads, b.img_size = embed_dim, depth, heads, tuple(img_size)
     b.drop_path_rate = 0.0
     h = c.model.head
     h.d_model, h.num_heads, h.d_ff, h.dropout = embed_dim, heads, 4 * embed_dim, 0.0
     if kind == "baseline":
-        h.type, h.n_layers = "segmenter", 2
+        c.model.rankseg.enabled, h.n_layers = False, 2
     else:
-        h.type, h.n_layers, h.topk, h.downsample = "rankseg", 3, topk, downsample
+        r = c.model.rankseg
+        r.enabled, h.n_layers, r.topk, r.downsample = True, 3, topk, downsample
     c.data.crop_size = tuple(img_size)
     c.test.crop_size = c.test.stride = (48, 48)
-    common.validate(c)
+    validate(c)
     return c
+
+
+def validate(c):
+    """The config's validation on the devices its mesh asks for (tests build meshes over a
+    subset of the 8 fake CPU devices)."""
+    sizes = [c.mesh.data, c.mesh.fsdp, c.mesh.tensor]
+    n = jax.device_count() if -1 in sizes else sizes[0] * sizes[1] * sizes[2]
+    config_lib.validate(c, num_devices=n, process_count=1)
 
 
 def small_train_config(**overrides):
@@ -63,5 +74,5 @@ def small_train_config(**overrides):
         for p in parents:
             node = node[p]
         node[leaf] = tuple(value) if isinstance(value, list) else value
-    common.validate(c)
+    validate(c)
     return c

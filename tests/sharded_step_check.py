@@ -14,8 +14,9 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from helpers import small_train_config  # noqa: E402
 
-from rankseg_jax import input_pipeline, sharding  # noqa: E402
-from rankseg_jax import train_state as ts
+from rankseg_jax import sharding  # noqa: E402
+from rankseg_jax.data import pipeline as input_pipeline
+from rankseg_jax.train import step as ts
 
 
 def run(config, devices):
@@ -37,7 +38,7 @@ def run(config, devices):
 def main():
     assert jax.device_count() == 8, jax.devices()
     over = {"train.batch_size": 8, "mesh.fsdp_min_size": 1024, "model.head.dropout": 0.1,
-            "model.backbone.drop_path_rate": 0.1}
+            "model.vit.drop_path_rate": 0.1}
     single = small_train_config(**over, **{"mesh.data": 1})
     multi = small_train_config(**over, **{"mesh.data": 4, "mesh.fsdp": 2})
     p1, l1, _ = run(single, jax.devices()[:1])

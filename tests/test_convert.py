@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from helpers import FIXTURES, ROOT, tiny_config
 
-from rankseg_jax import checkpointing
+from rankseg_jax import checkpointing, models
 from rankseg_jax.convert import (
     CheckpointMismatch,
     export_official,
@@ -24,7 +24,6 @@ from rankseg_jax.convert import (
     load_pretrained,
     official,
 )
-from rankseg_jax.models import segmentor
 from tests.reference import numpy_ref as R
 from tests.reference.random_official_sd import KINDS, config_for_kind, make_state_dict
 
@@ -187,7 +186,7 @@ def f32_sd(module):
 
 
 def ours(config, path, **kw):
-    model = segmentor.build_model(config)
+    model = models.build_model(config)
     report = load_pretrained(model, path, config, **kw)
     return model, report
 
@@ -202,10 +201,11 @@ def _variant(kind):
     ref = R.RefConfig(n_layers=3 if base == "rankseg" else 2, tran_dec_ff=128,
                       tran_dec_heads=8, tran_dec_pe_size=2)
     if kind.endswith("_oce"):
-        cfg.model.backbone.oce = True
+        cfg.model.vit.oce = True
     if kind in ("tran_dec", "gap_linear"):
-        h.ml_encoder, h.n_layers = kind, 2
-        h.dec_num_heads, h.dec_d_ff, h.dec_layers = 8, 128, 2
+        r = cfg.model.rankseg
+        r.ml_encoder, h.n_layers = kind, 2
+        r.dec_num_heads, r.dec_d_ff, r.dec_layers = 8, 128, 2
         ref = ref.replace(n_layers=2)
     return cfg, config_for_kind(ref, kind)
 
@@ -366,7 +366,7 @@ def test_segmenter_checkpoint_full_model(tmp_path):
     cfg = tiny_config("baseline")
     with pytest.raises(CheckpointMismatch, match="ln_eps=1e-5"):
         ours(cfg, src)
-    cfg.model.backbone.ln_eps = 1e-5
+    cfg.model.vit.ln_eps = 1e-5
     model, report = ours(cfg, src)
     assert report.format == "segmenter" and not report.missing
     assert "encoder.head.weight" in report.ignored
@@ -377,7 +377,7 @@ def test_segmenter_checkpoint_full_model(tmp_path):
     np.testing.assert_allclose(out["full_logits"], ref, atol=ATOL)
 
     rank = tiny_config("rankseg")  # other head: backbone only with --reset-head
-    rank.model.backbone.ln_eps = 1e-5
+    rank.model.vit.ln_eps = 1e-5
     with pytest.raises(CheckpointMismatch, match="reset_head"):
         ours(rank, src)
     model2, report2 = ours(rank, src, reset_head=True)
@@ -414,7 +414,7 @@ def test_class_count_mismatch_and_reset_head():
     model, report = ours(cfg, FIXTURES / "rankseg.pth", reset_head=True)
     assert report.reset and all(p.startswith("head/") for p in report.reset)
     assert report.dropped and all(k.startswith("decode_head.") for k in report.dropped)
-    fresh = official.model_params(segmentor.build_model(cfg))
+    fresh = official.model_params(models.build_model(cfg))
     loaded = official.model_params(model)
     for p in fresh:
         if p[0] == "head":
@@ -465,7 +465,7 @@ def test_cli_params_dir_and_reverse(tmp_path):
     meta = checkpointing.read_metadata(out_dir)
     assert meta["format"] == "mmseg" and len(meta["sha256"]) == 64
     assert meta["allow_partial"] is True
-    restored = segmentor.build_model(cfg)
+    restored = models.build_model(cfg)
     checkpointing.restore_params_into(restored, out_dir)
     images = _nhwc(np.load(FIXTURES / "io.npz")["images"])
     a, b = restored(images, full_logits=True), direct(images, full_logits=True)

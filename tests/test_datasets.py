@@ -14,8 +14,8 @@ from PIL import Image
 
 from data.prepare import main as prepare_main
 from data.prepare import prepare
-from rankseg_jax import datasets
-from rankseg_jax.sources import (
+from rankseg_jax.data import registry as datasets
+from rankseg_jax.data.sources import (
     ArrayRecordSource,
     BadExampleError,
     FolderSource,
@@ -264,8 +264,8 @@ def test_png_label_is_not_read_as_palette_colours(tmp_path):
 
 
 def test_data_config_values_pass_the_pipeline_checks():
-    from configs.common import base_config
-    from rankseg_jax.input_pipeline import dataset_info
+    from rankseg_jax.config import base_config
+    from rankseg_jax.data.pipeline import dataset_info
 
     for name in REAL:
         c = base_config()

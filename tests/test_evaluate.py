@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from helpers import FIXTURES, tiny_config
 
-from rankseg_jax import evaluate, inference, metrics, resize
-from rankseg_jax.models import segmentor
+from rankseg_jax import models, resize
+from rankseg_jax.evaluation import evaluate, full_logits, inference, metrics, windows
 
 pytest.importorskip("torch")  # the official checkpoints are torch files
 from rankseg_jax.convert import official  # noqa: E402
@@ -28,7 +28,7 @@ def _images(io):
 def _official(kind, mode):
     config = tiny_config(kind)
     config.test.mode, config.test.stride, config.test.class_chunk = mode, (32, 32), 3
-    model = segmentor.build_model(config)
+    model = models.build_model(config)
     official.load_official_checkpoint(model, FIXTURES / f"{kind}.pth", config)
     return config, model
 
@@ -43,7 +43,7 @@ def engine(request):
 def _naive_pred(model, config, image, ori, flip):
     """Independent full-K path: official logits, float64 resize, un-flip, argmax."""
     x = image[:, ::-1] if flip else image
-    logits = np.asarray(segmentor.inference_logits(
+    logits = np.asarray(full_logits.inference_logits(
         model, jnp.asarray(np.ascontiguousarray(x))[None], mode=config.test.mode, crop=(48, 48),
         stride=(32, 32)), np.float64)[0]
     h, w = logits.shape[1:]
@@ -97,7 +97,7 @@ def test_slide_windows_choose_different_topk_union(io):
     (K=40, kappa=3) and slot chunks smaller than the union."""
     config = tiny_config("rankseg", num_classes=40, topk=3)
     config.test.mode, config.test.stride, config.test.class_chunk = "slide", (32, 32), 2
-    model = segmentor.build_model(config)
+    model = models.build_model(config)
     eng = inference.Inferencer(config, model)
     image = _images(io)[1]
     _, topk, _, _ = eng._run_view(image, None)
@@ -135,16 +135,16 @@ def test_multiscale_flip_average_of_softmax(io):
 def test_views_scales_and_flip():
     config = tiny_config("rankseg")
     config.data.test_scale, config.test.scales, config.test.flip = (128, 64), (0.5, 1.0), True
-    eng = inference.Inferencer(config, segmentor.build_model(config))
+    eng = inference.Inferencer(config, models.build_model(config))
     views = eng.views(np.zeros((30, 40, 3), np.uint8))
     assert [(v.shape[:2], f) for v, f in views] == [((32, 43), False), ((32, 43), True),
                                                    ((64, 85), False), ((64, 85), True)]
 
 
 def test_window_matrices_count_is_separable():
-    boxes = segmentor.slide_windows(70, 90, (48, 48), (32, 32))
-    rows = inference.axis_counts(70, [b[:2] for b in boxes])
-    cols = inference.axis_counts(90, [b[2:] for b in boxes])
+    boxes = windows.slide_windows(70, 90, (48, 48), (32, 32))
+    rows = windows.axis_counts(70, [b[:2] for b in boxes])
+    cols = windows.axis_counts(90, [b[2:] for b in boxes])
     count = np.zeros((70, 90))
     for y1, y2, x1, x2 in boxes:
         count[y1:y2, x1:x2] += 1
@@ -157,7 +157,7 @@ def test_evaluate_end_to_end_synthetic(tmp_path, mode):
     config.data.synthetic.num_val, config.data.synthetic.image_size = 3, (40, 60)
     config.data.test_scale, config.data.read_threads = (128, 48), 1
     config.test.mode, config.test.stride = mode, (32, 32)
-    model = segmentor.build_model(config)
+    model = models.build_model(config)
     out = evaluate.evaluate(config, model, tmp_path, step=7)
     for key in ("mIoU", "mAcc", "aAcc", "IoU", "Acc", "img_AP", "img_recall", "img_precision",
                 "pixel_recall", "num_images", "images_per_s"):
@@ -183,7 +183,7 @@ def test_evaluate_multiscale_flip_synthetic(tmp_path):
     config.data.synthetic.num_val, config.data.synthetic.image_size = 2, (40, 60)
     config.data.test_scale, config.data.read_threads = (128, 48), 1
     config.test.mode, config.test.scales, config.test.flip = "whole", (0.75, 1.0), True
-    out = evaluate.evaluate(config, segmentor.build_model(config), tmp_path)
+    out = evaluate.evaluate(config, models.build_model(config), tmp_path)
     assert out["num_images"] == 2 and "img_AP" not in out
     assert (tmp_path / "eval_val.json").exists()
 
@@ -199,7 +199,7 @@ import jax
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(sys.argv[2], num_processes=2, process_id=int(sys.argv[1]))
 import numpy as np
-from rankseg_jax import evaluate
+from rankseg_jax.evaluation import evaluate
 pid = int(sys.argv[1])
 print(evaluate.allgather_sum(np.array([3 + pid, 2**40 + pid, 7], np.int64)).tolist())
 """

@@ -4,20 +4,20 @@ import numpy as np
 import pytest
 from helpers import FIXTURES, tiny_config
 
-from rankseg_jax import inference
-from rankseg_jax.models import segmentor
+from rankseg_jax import models
+from rankseg_jax.evaluation import inference
 
 pytest.importorskip("flatbuffers")  # jax's serializer needs it
 pytest.importorskip("torch")
-from rankseg_jax import export  # noqa: E402
 from rankseg_jax.convert import official  # noqa: E402
+from rankseg_jax.evaluation import export  # noqa: E402
 
 
 @pytest.mark.parametrize("kind,mode", [("rankseg", "slide"), ("baseline", "whole")])
 def test_export_roundtrip_matches(tmp_path, kind, mode):
     config = tiny_config(kind)
     config.test.mode, config.test.stride = mode, (32, 32)
-    model = segmentor.build_model(config)
+    model = models.build_model(config)
     official.load_official_checkpoint(model, FIXTURES / f"{kind}.pth", config)
     images = np.load(FIXTURES / "io.npz")["images"].transpose(0, 2, 3, 1)
     path = tmp_path / "model.jax"

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs.common import base_config
 from data.prepare import prepare
-from rankseg_jax import input_pipeline as ip
+from rankseg_jax import config as config_lib
+from rankseg_jax.config import base_config
+from rankseg_jax.data import pipeline as ip
 
 
 def small_config(**data):
@@ -66,7 +67,7 @@ import hashlib, json, sys
 import numpy as np
 sys.path.insert(0, 'tests')
 from test_input_pipeline import small_config, take
-from rankseg_jax import input_pipeline as ip
+from rankseg_jax.data import pipeline as ip
 it = ip.make_train_iterator(small_config(), process_index=0, process_count=1)
 print(json.dumps(take(it, 5)))
 """
@@ -114,7 +115,7 @@ def test_resume_on_prepared_data(tmp_path):
     c = small_config(name="ade20k_full", format="array_record", root=str(tmp_path / "prep"),
                      ignore_index=-1, crop_size=(16, 16), train_scale=(64, 16))
     c.model.num_classes = 847
-    c.model.head.topk = 50
+    c.model.rankseg.topk = 50
     c.train.batch_size = 2
     full = take(ip.make_train_iterator(c, process_index=0, process_count=1), 5)  # 2 epochs
     for workers in (0, 1):
@@ -204,9 +205,9 @@ def test_config_contradictions_are_named(tmp_path):
     c = _ade_config(root, ignore_index=-1)
     with pytest.raises(ValueError, match="data.ignore_index"):
         ip.make_train_iterator(c, process_index=0, process_count=1)
+    # Enumerated options are checked once, by the config validation, before anything runs.
     with pytest.raises(ValueError, match="data.bad_example_policy"):
-        ip.make_train_iterator(_ade_config(root, bad_example_policy="ignore"),
-                               process_index=0, process_count=1)
+        config_lib.validate(_ade_config(root, bad_example_policy="ignore"))
 
 
 def test_to_global():
@@ -227,7 +228,7 @@ def test_eval_examples(tmp_path, fmt):
     c = small_config(name="ade20k_full", format=fmt, root=str(root), ignore_index=-1,
                      test_scale=(2048, 512))
     c.model.num_classes = 847
-    c.model.head.topk = 50
+    c.model.rankseg.topk = 50
     examples = list(ip.make_eval_examples(c, "val"))
     assert [e["name"] for e in examples] == ["val_000", "val_001"]
     e = examples[0]

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rankseg_jax import metrics as M
-from rankseg_jax import multilabel_metrics as ML
+from rankseg_jax.evaluation import metrics as M
+from rankseg_jax.evaluation import multilabel as ML
 
 K = 20
 IGNORE = 255

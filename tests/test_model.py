@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import common
-from rankseg_jax import losses, ranking, resize
-from rankseg_jax.models import segmentor
+from rankseg_jax import config as config_lib
+from rankseg_jax import models, resize
+from rankseg_jax.rankseg import ranking
+from rankseg_jax.train import losses
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -58,9 +59,9 @@ def _tiny(**kw):
 
 def test_jit_forward_backward_and_dropout():
     cfg = _tiny()
-    cfg.model.backbone.drop_path_rate = 0.1
+    cfg.model.vit.drop_path_rate = 0.1
     cfg.model.head.dropout = 0.1
-    model = segmentor.build_model(cfg)
+    model = models.build_model(cfg)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     x = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
     y = jax.random.randint(jax.random.key(2), (2, 64, 64), 0, 20)
@@ -85,11 +86,11 @@ def test_jit_forward_backward_and_dropout():
 
 def test_temperature_variants_and_sort_only():
     shared = _tiny()
-    shared.model.head.temperature = "shared"
-    model = segmentor.build_model(shared)
+    shared.model.rankseg.temperature = "shared"
+    model = models.build_model(shared)
     assert model.head.mask_norm.scale.shape == (1,)
     sort_only = _tiny(topk=20)
-    out = segmentor.build_model(sort_only)(jnp.ones((1, 64, 64, 3)), full_logits=True)
+    out = models.build_model(sort_only)(jnp.ones((1, 64, 64, 3)), full_logits=True)
     assert out["mask_logits"].shape == (1, 20, 4, 4)
     assert sorted(np.asarray(out["topk_index"][0]).tolist()) == list(range(20))
     assert (out["full_logits"] > -100).all()
@@ -97,8 +98,8 @@ def test_temperature_variants_and_sort_only():
 
 def test_dynamic_kappa_masks_low_scores():
     cfg = _tiny()
-    cfg.model.head.dynamic_k_threshold = 0.5
-    model = segmentor.build_model(cfg)
+    cfg.model.rankseg.dynamic_k_threshold = 0.5
+    model = models.build_model(cfg)
     x = jax.random.normal(jax.random.key(4), (2, 64, 64, 3))
     out = model(x, full_logits=True)
     scores = jnp.take_along_axis(out["image_logits"], out["topk_index"], axis=1)
@@ -113,8 +114,8 @@ def test_dynamic_kappa_masks_low_scores():
 
 def test_oracle_selects_ground_truth_classes_first():
     cfg = _tiny()
-    cfg.model.head.oracle = "eval"
-    model = segmentor.build_model(cfg)
+    cfg.model.rankseg.oracle = "eval"
+    model = models.build_model(cfg)
     x = jax.random.normal(jax.random.key(5), (2, 64, 64, 3))
     present = jnp.zeros((2, 20)).at[0, jnp.array([19, 3])].set(1).at[1, 7].set(1)
     out = model(x, gt_present=present)
@@ -128,26 +129,26 @@ def test_oracle_selects_ground_truth_classes_first():
 
 def test_config_validation_names_the_option():
     cfg = _tiny()
-    cfg.model.head.topk = 21
-    with pytest.raises(common.ConfigError, match="model.head.topk"):
-        common.validate(cfg)
+    cfg.model.rankseg.topk = 21
+    with pytest.raises(config_lib.ConfigError, match="model.rankseg.topk"):
+        config_lib.validate(cfg)
     cfg = _tiny()
     cfg.data.crop_size = (500, 512)
-    with pytest.raises(common.ConfigError, match="data.crop_size"):
-        common.validate(cfg)
+    with pytest.raises(config_lib.ConfigError, match="data.crop_size"):
+        config_lib.validate(cfg)
     cfg = _tiny()
-    cfg.model.head.ml_encoder = "mlp"
-    with pytest.raises(common.ConfigError, match="model.head.ml_encoder"):
-        common.validate(cfg)
+    cfg.model.rankseg.ml_encoder = "mlp"
+    with pytest.raises(config_lib.ConfigError, match="model.rankseg.ml_encoder"):
+        config_lib.validate(cfg)
 
 
 @pytest.mark.parametrize("head,expected", [("segmenter", 102_497_580),
                                            ("rankseg", 109_702_138)])
 def test_parameter_counts_equal_official(head, expected):
-    cfg = common.base_config()
-    cfg.model.head.type = head
+    cfg = config_lib.base_config()
+    cfg.model.rankseg.enabled = head == "rankseg"
     cfg.model.head.n_layers = 2 if head == "segmenter" else 3
-    model = nnx.eval_shape(lambda: segmentor.build_model(cfg))
+    model = nnx.eval_shape(lambda: models.build_model(cfg))
     count = sum(int(np.prod(v.shape)) for _, v in
                 nnx.to_flat_state(nnx.state(model, nnx.Param)))
     assert count == expected

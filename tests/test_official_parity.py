@@ -5,9 +5,12 @@ import numpy as np
 import pytest
 from helpers import FIXTURES, tiny_config
 
-from rankseg_jax import losses, ranking
+from rankseg_jax import models
 from rankseg_jax.convert import official
-from rankseg_jax.models import segmentor, vit
+from rankseg_jax.evaluation import full_logits, windows
+from rankseg_jax.models.backbones import vit
+from rankseg_jax.rankseg import ranking
+from rankseg_jax.train import losses
 
 pytest.importorskip("torch")
 ATOL = 1e-4
@@ -22,7 +25,7 @@ def io():
 def loaded(request):
     kind = request.param
     config = tiny_config(kind)
-    model = segmentor.build_model(config)
+    model = models.build_model(config)
     official.load_official_checkpoint(model, FIXTURES / f"{kind}.pth", config)
     return kind, config, model
 
@@ -60,7 +63,7 @@ def test_head_outputs(loaded, io):
 @pytest.mark.parametrize("mode", ["whole", "slide"])
 def test_inference_logits_probs_pred(loaded, io, mode):
     kind, config, model = loaded
-    logits = segmentor.inference_logits(model, _images(io), mode=mode, crop=(48, 48),
+    logits = full_logits.inference_logits(model, _images(io), mode=mode, crop=(48, 48),
                                         stride=(32, 32))
     np.testing.assert_allclose(logits, io[f"{kind}.{mode}_logits"], atol=ATOL)
     probs = np.array(jnp.exp(logits - logits.max(1, keepdims=True)))
@@ -75,9 +78,9 @@ def test_inference_logits_probs_pred(loaded, io, mode):
 
 def test_slide_crops_choose_their_own_topk(io):
     config = tiny_config("rankseg")
-    model = segmentor.build_model(config)
+    model = models.build_model(config)
     official.load_official_checkpoint(model, FIXTURES / "rankseg.pth", config)
-    boxes = segmentor.slide_windows(64, 64, (48, 48), (32, 32))
+    boxes = windows.slide_windows(64, 64, (48, 48), (32, 32))
     np.testing.assert_array_equal(np.array(boxes), io["rankseg.slide_crop_boxes"])
     images = _images(io)
     for n, (y1, y2, x1, x2) in enumerate(boxes):
@@ -111,7 +114,7 @@ def test_losses(loaded, io):
 
 def test_strict_loading_reports_every_bad_key():
     config = tiny_config("rankseg")
-    model = segmentor.build_model(config)
+    model = models.build_model(config)
     sd = official.read_pth(FIXTURES / "rankseg.pth")
     sd.pop("decode_head.ml_fc.W")
     sd["decode_head.extra.weight"] = np.zeros(3, np.float32)

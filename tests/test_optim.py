@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from helpers import small_train_config, tiny_config
 
-from rankseg_jax import optim
+from rankseg_jax import config as config_lib
 from rankseg_jax.convert.official import official_names
+from rankseg_jax.train import optim
 
 RANKSEG_KEYS = (("pos_embed", 0.0), ("cls_token", 0.0), ("norm", 0.0),
                 ("decode_head.blocks.0.", 100.0), ("decode_head.ml_fc", 100.0))
@@ -106,4 +107,4 @@ def test_bad_optimizer_options_name_the_option():
     c = small_train_config()
     c.optim.name = "lamb"
     with pytest.raises(ValueError, match="optim.name"):
-        optim.check_config(c)
+        config_lib.validate(c)

@@ -5,8 +5,8 @@ import pytest
 from helpers import tiny_config
 from PIL import Image
 
-from rankseg_jax import predict
-from rankseg_jax.models import segmentor
+from rankseg_jax import models
+from rankseg_jax.evaluation import predict
 
 
 def _config(num_classes=20):
@@ -31,7 +31,7 @@ def folder(tmp_path_factory):
 def test_predict_folder(folder, tmp_path, capsys):
     images, labels = folder
     config = _config()
-    written = predict.predict(config, segmentor.build_model(config), images, tmp_path,
+    written = predict.predict(config, models.build_model(config), images, tmp_path,
                               label_dir=labels)
     expected = {f"{s}_{kind}.png" for s in "abc" for kind in ("labels", "overlay", "scores")}
     assert {p.split("/")[-1] for p in written} == expected
@@ -48,15 +48,15 @@ def test_predict_single_unreadable_file_raises(folder, tmp_path):
     images, _ = folder
     config = _config()
     with pytest.raises(ValueError, match="broken.jpg"):
-        predict.predict(config, segmentor.build_model(config), images / "broken.jpg", tmp_path)
+        predict.predict(config, models.build_model(config), images / "broken.jpg", tmp_path)
     with pytest.raises(FileNotFoundError, match="missing.png"):
-        predict.predict(config, segmentor.build_model(config), images / "missing.png", tmp_path)
+        predict.predict(config, models.build_model(config), images / "missing.png", tmp_path)
 
 
 def test_predict_16bit_labels_for_large_k(folder, tmp_path):
     images, _ = folder
     config = _config(num_classes=300)
-    written = predict.predict(config, segmentor.build_model(config), images / "a.jpg", tmp_path)
+    written = predict.predict(config, models.build_model(config), images / "a.jpg", tmp_path)
     assert len(written) == 3
     lab = np.asarray(Image.open(tmp_path / "a_labels.png"))
     assert lab.dtype == np.uint16 and lab.shape == (40, 60) and lab.max() < 300

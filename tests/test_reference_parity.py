@@ -16,9 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rankseg_jax import losses
+from rankseg_jax import models
 from rankseg_jax.convert import official
-from rankseg_jax.models import segmentor
+from rankseg_jax.evaluation import full_logits
+from rankseg_jax.train import losses
 from tests.reference import numpy_ref, random_official_sd
 
 ATOL = 1e-4
@@ -63,10 +64,11 @@ def _configs(case: Case):
                               img_size=(16 * case.pos_grid, 16 * case.pos_grid))
     h = cfg.model.head
     h.n_layers = ref.n_layers
-    cfg.model.backbone.oce = ref.oce
+    cfg.model.vit.oce = ref.oce
     if case.kind in ("tran_dec", "gap_linear"):
-        h.ml_encoder = case.kind
-        h.dec_d_ff, h.dec_layers, h.dec_num_heads = 96, 2, 8
+        r = cfg.model.rankseg
+        r.ml_encoder = case.kind
+        r.dec_d_ff, r.dec_layers, r.dec_num_heads = 96, 2, 8
     return ref, cfg
 
 
@@ -74,7 +76,7 @@ def _build(case: Case):
     ref_cfg, cfg = _configs(case)
     sd = random_official_sd.make_state_dict(ref_cfg, np.random.default_rng(case.seed),
                                             case.kind)
-    model = segmentor.build_model(cfg)
+    model = models.build_model(cfg)
     params = official.convert_state_dict(
         {k: v.astype(np.float32) for k, v in sd.items()}, cfg, official.param_shapes(model))
     official.load_into(model, params)
@@ -130,16 +132,16 @@ def test_slide_and_whole_match_reference(case):
     sd, ref_cfg, cfg, model = _build(case)
     images = _images(case, 11)
     x = jnp.asarray(images.transpose(0, 2, 3, 1), jnp.float32)
-    whole = segmentor.inference_logits(model, x, mode="whole")
+    whole = full_logits.inference_logits(model, x, mode="whole")
     np.testing.assert_allclose(whole, numpy_ref.whole_inference(sd, images, ref_cfg), atol=ATOL)
-    slide = segmentor.inference_logits(model, x, mode="slide", crop=(48, 48), stride=(32, 32))
+    slide = full_logits.inference_logits(model, x, mode="slide", crop=(48, 48), stride=(32, 32))
     ref = numpy_ref.slide_inference(sd, images, ref_cfg, crop=(48, 48), stride=(32, 32))
     np.testing.assert_allclose(slide, ref, atol=ATOL)
 
 
 def test_batch_size_invariance_with_random_init():
     cfg = helpers.tiny_config("rankseg", num_classes=37, topk=11, downsample=3)
-    model = segmentor.build_model(cfg)
+    model = models.build_model(cfg)
     x = jax.random.normal(jax.random.key(0), (3, 80, 112, 3))
     full = model(x, full_logits=True)
     for i in range(3):

@@ -12,7 +12,7 @@ from flax import nnx
 from helpers import tiny_config
 
 from rankseg_jax import param_paths, sharding
-from rankseg_jax.models.segmentor import build_model
+from rankseg_jax.models import build_model
 
 HERE = pathlib.Path(__file__).parent
 GOLDEN = HERE / "golden" / "partition_specs_tiny_rankseg.json"

@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from rankseg_jax.synthetic import SyntheticSource
+from rankseg_jax.data.synthetic import SyntheticSource
 
 
 @pytest.mark.parametrize("k", [150, 1284])

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 from helpers import FIXTURES, small_train_config, tiny_config
 
-from configs import common
-from rankseg_jax import checkpointing, input_pipeline, sharding, train
-from rankseg_jax import train_state as ts
+from rankseg_jax import checkpointing, sharding
+from rankseg_jax import config as config_lib
+from rankseg_jax.data import pipeline as input_pipeline
+from rankseg_jax.train import loop as train
+from rankseg_jax.train import step as ts
 
 
 def test_tiny_train_logs_and_checkpoints(tmp_path):
@@ -57,17 +59,17 @@ def test_config_validation_names_the_option(change, match):
     for k, v in change.items():
         sect, key = k.split(".")
         c[sect][key] = v
-    with pytest.raises(common.ConfigError, match=match):
-        train.validate_config(c, num_devices=4, process_count=1)
+    with pytest.raises(config_lib.ConfigError, match=match):
+        config_lib.validate(c, num_devices=4, process_count=1)
 
 
 def test_missing_dataset_names_root_and_prepare_command(tmp_path):
     c = small_train_config()
     c.data.name, c.data.format, c.model.num_classes = "ade20k", "array_record", 150
-    c.model.head.topk, c.data.reduce_zero_label = 8, True
+    c.model.rankseg.topk, c.data.reduce_zero_label = 8, True
     c.data.root = str(tmp_path / "nope")
-    with pytest.raises(common.ConfigError, match=r"(?s)data.root=.*python -m data.prepare"):
-        train.validate_config(c, num_devices=1, process_count=1)
+    with pytest.raises(config_lib.ConfigError, match=r"(?s)data.root=.*python -m data.prepare"):
+        config_lib.validate(c, num_devices=1, process_count=1)
 
 
 def _setup(c):
@@ -78,7 +80,7 @@ def test_init_from_official_pth_and_params_only_dir(tmp_path):
     from rankseg_jax.convert import official
     c = tiny_config("rankseg")
     setup = _setup(c)
-    params = train._pretrained_params(setup, str(FIXTURES / "rankseg.pth"))
+    params = train.pretrained_params(setup, str(FIXTURES / "rankseg.pth"))
     want = official.convert_state_dict(official.read_pth(FIXTURES / "rankseg.pth"), c)
     for path, v in want.items():
         got = params
@@ -104,11 +106,11 @@ def test_unknown_pretrained_format_is_clear(tmp_path):
     corrupt = tmp_path / "w.safetensors"
     corrupt.write_bytes(b"x")
     with pytest.raises(CheckpointMismatch, match="w.safetensors: cannot read"):
-        train._pretrained_params(_setup(c), str(corrupt))
+        train.pretrained_params(_setup(c), str(corrupt))
     unknown = tmp_path / "w.onnx"
     unknown.write_bytes(b"x")
     with pytest.raises(CheckpointMismatch, match="w.onnx: unknown checkpoint extension"):
-        train._pretrained_params(_setup(c), str(unknown))
+        train.pretrained_params(_setup(c), str(unknown))
 
 
 def _one_step(config, batch):
@@ -186,12 +188,12 @@ def _augreg_npz(path, rng, d=32, depth=1, heads=2, grid=3):
 
 
 def test_augreg_npz_initialises_the_backbone(tmp_path):
-    from rankseg_jax.models import vit
+    from rankseg_jax.models.backbones import vit
 
     c = small_train_config()
     npz = _augreg_npz(tmp_path / "B_16.npz", np.random.default_rng(0))
     setup = _setup(c)
-    params = train._pretrained_params(setup, str(tmp_path / "B_16.npz"))
+    params = train.pretrained_params(setup, str(tmp_path / "B_16.npz"))
     bb = params["backbone"]
     np.testing.assert_array_equal(bb["patch_embed"]["kernel"], npz["embedding/kernel"])
     q = npz["Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel"]

@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from rankseg_jax import transforms as T
+from rankseg_jax.data import transforms as T
 
 
 class ScriptedRng:

@@ -37,7 +37,8 @@ def main():
     import numpy as np
     from helpers import small_train_config
 
-    from rankseg_jax import checkpointing, train
+    from rankseg_jax import checkpointing
+    from rankseg_jax.train import loop as train
 
     config = small_train_config(**json.loads(args.overrides))
     if args.kill_at_save:
@@ -66,9 +67,9 @@ def main():
     if args.dump:
         # The final params through a restore of the last checkpoint (always saved).
         from rankseg_jax import sharding
-        from rankseg_jax import train_state as ts
+        from rankseg_jax.train import step as ts
         setup = ts.make_setup(config, sharding.make_mesh(config))
-        params = train.load_inference_params(setup, "", args.workdir)
+        params = train.pretrained_params(setup, args.workdir)
         flat = {}
         for kp, x in jax.tree_util.tree_flatten_with_path(params)[0]:
             name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in kp)

@@ -78,9 +78,11 @@ def load_pretrained(model: nnx.Module, path: str | pathlib.Path, config: mlc.Con
 
 
 def config_summary(config: mlc.ConfigDict) -> dict:
+    """The model options that decide the parameter layout (recorded with converted weights)."""
     m = config.model
-    return {"num_classes": m.num_classes, "backbone": m.backbone.to_dict(),
-            "head": m.head.to_dict()}
+    return {"arch": m.arch, "num_classes": m.num_classes, "backbone": m.backbone,
+            m.backbone: m[m.backbone].to_dict(), "head": m.head.to_dict(),
+            "rankseg": m.rankseg.to_dict()}
 
 
 def export_official(model: nnx.Module, config: mlc.ConfigDict, path: str | pathlib.Path,

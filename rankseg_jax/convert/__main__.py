@@ -32,20 +32,19 @@ _REVERSE = flags.DEFINE_bool("reverse", False, "Export a params dir to an mmseg 
 
 def main(argv):
     del argv
-    from configs import common
-    from rankseg_jax import checkpointing
+    from rankseg_jax import checkpointing, models
+    from rankseg_jax import config as config_lib
     from rankseg_jax.convert import (
         config_summary,
         export_official,
         file_sha256,
         load_pretrained,
     )
-    from rankseg_jax.models import segmentor
 
     config = _CONFIG.value
-    common.validate(config)
+    config_lib.validate(config, check_files=False)
     src, out = pathlib.Path(_SRC.value), pathlib.Path(_OUT.value)
-    model = segmentor.build_model(config)
+    model = models.build_model(config)
     if _REVERSE.value:
         checkpointing.restore_params_into(model, src)
         export_official(model, config, out, {"source": str(src.absolute())})

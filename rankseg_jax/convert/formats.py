@@ -46,7 +46,7 @@ NPZ_PREFIX = "opt/target/"
 
 def timm_backbone_rows(config: mlc.ConfigDict, prefix: str = "") -> list[Row]:
     """timm `VisionTransformer` keys (also the rstrudel Segmenter encoder with `encoder.`)."""
-    b = config.model.backbone
+    b = config.model.vit
     rows = [Row(("backbone", "cls_token"), f"{prefix}cls_token", IDENTITY),
             Row(("backbone", "pos_embed"), f"{prefix}pos_embed", IDENTITY),
             Row(("backbone", "patch_embed", "kernel"), f"{prefix}patch_embed.proj.weight", CONV),
@@ -86,7 +86,7 @@ def _npz_norm(rows, ours, theirs):
 
 def npz_rows(config: mlc.ConfigDict) -> list[Row]:
     """Google ViT / AugReg `.npz` keys (spec §2.8); tensors are already in Flax layout."""
-    b = config.model.backbone
+    b = config.model.vit
     t = "Transformer/"
     rows = [Row(("backbone", "cls_token"), "cls", IDENTITY),
             Row(("backbone", "pos_embed"), t + "posembed_input/pos_embedding", IDENTITY),
@@ -205,23 +205,23 @@ def detect_format(sd: Mapping[str, np.ndarray], path: str | pathlib.Path = "") -
 # ------------------------------------------------------------------------------ converting
 
 def check_eps(config: mlc.ConfigDict, fmt: str, report: official.Report) -> None:
-    """The source's backbone LayerNorm eps must match model.backbone.ln_eps."""
+    """The source's backbone LayerNorm eps must match model.vit.ln_eps."""
     want = 1e-5 if fmt == "segmenter" else 1e-6
-    have = config.model.backbone.ln_eps
+    have = config.model.vit.ln_eps
     if abs(have - want) > 1e-12:
         msg = (f"{fmt} checkpoints were trained with backbone LayerNorm eps {want:g}, but "
-               f"model.backbone.ln_eps={have:g}")
+               f"model.vit.ln_eps={have:g}")
         if fmt == "segmenter":
-            raise CheckpointMismatch(msg + "; set model.backbone.ln_eps=1e-5")
+            raise CheckpointMismatch(msg + "; set model.vit.ln_eps=1e-5")
         report.warnings.append(msg)
 
 
 def check_npz_heads(sd: Mapping[str, np.ndarray], config: mlc.ConfigDict, source: str) -> None:
     key = "Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel"
-    if key in sd and sd[key].ndim == 3 and sd[key].shape[1] != config.model.backbone.num_heads:
+    if key in sd and sd[key].ndim == 3 and sd[key].shape[1] != config.model.vit.num_heads:
         raise CheckpointMismatch(
-            f"{source}: {sd[key].shape[1]} attention heads but model.backbone.num_heads="
-            f"{config.model.backbone.num_heads}")
+            f"{source}: {sd[key].shape[1]} attention heads but model.vit.num_heads="
+            f"{config.model.vit.num_heads}")
 
 
 def convert(sd: Mapping[str, np.ndarray], config: mlc.ConfigDict, fmt: str, *,
@@ -236,12 +236,13 @@ def convert(sd: Mapping[str, np.ndarray], config: mlc.ConfigDict, fmt: str, *,
         check_eps(config, fmt, report)
         return params, report
     if fmt == "segmenter":
-        h = config.model.head
-        if (h.type != "segmenter" or config.model.backbone.oce) and not reset_head:
+        rankseg_on = config.model.rankseg.enabled
+        if (rankseg_on or config.model.vit.oce) and not reset_head:
             raise CheckpointMismatch(
                 f"{source}: Segmenter checkpoints hold a baseline mask-transformer head, but "
-                f"the config's head is type={h.type}, oce={config.model.backbone.oce}; use "
-                "reset_head (--reset-head) to take the backbone and keep a fresh head.")
+                f"the config has model.rankseg.enabled={rankseg_on}, "
+                f"model.vit.oce={config.model.vit.oce}; use reset_head (--reset-head) to "
+                "take the backbone and keep a fresh head.")
         rows, ignored, head_prefixes = segmenter_rows(config), SEGMENTER_IGNORED, ("decoder.",)
     elif fmt == "timm":
         rows = timm_backbone_rows(config) + backbone_only_head_rows(config, "<no head>.")

@@ -68,7 +68,7 @@ def _fused_qkv(rows, ours, weight_key, bias_key):
 
 def backbone_rows(config: mlc.ConfigDict) -> list[Row]:
     """Mapping rows of the mmseg `VisionTransformer` (keys `backbone.*`)."""
-    b = config.model.backbone
+    b = config.model.vit
     rows = [Row(("backbone", "cls_token"), "backbone.cls_token", IDENTITY),
             Row(("backbone", "pos_embed"), "backbone.pos_embed", IDENTITY)]
     if b.oce:
@@ -93,7 +93,7 @@ def backbone_rows(config: mlc.ConfigDict) -> list[Row]:
 
 def head_rows(config: mlc.ConfigDict) -> list[Row]:
     """Mapping rows of the decode head (keys `decode_head.*`) for the configured variant."""
-    h, b = config.model.head, config.model.backbone
+    h, b, r = config.model.head, config.model.vit, config.model.rankseg
     rows = []
     if not b.oce:
         rows.append(Row(("head", "cls_emb"), "decode_head.cls_emb", IDENTITY))
@@ -111,16 +111,16 @@ def head_rows(config: mlc.ConfigDict) -> list[Row]:
     _linear(rows, ("head", "proj_dec"), "decode_head.proj_dec")
     _norm(rows, ("head", "decoder_norm"), "decode_head.decoder_norm")
     _norm(rows, ("head", "mask_norm"), "decode_head.mask_norm")
-    if h.type == "rankseg":
-        if h.ml_encoder == "tran_enc":
+    if r.enabled:
+        if r.ml_encoder == "tran_enc":
             _norm(rows, ("head", "decoder_norm2"), "decode_head.decoder_norm2")
             rows.append(Row(("head", "ml_fc", "kernel"), "decode_head.ml_fc.W", DROP_LEAD))
             rows.append(Row(("head", "ml_fc", "bias"), "decode_head.ml_fc.b", DROP_LEAD))
-        elif h.ml_encoder == "tran_dec":
+        elif r.ml_encoder == "tran_dec":
             p, t = ("head", "ml_decoder"), "decode_head.img_cls_head"
             rows.append(Row(p + ("input_proj", "kernel"), f"{t}.input_proj.weight", CONV1X1))
             rows.append(Row(p + ("input_proj", "bias"), f"{t}.input_proj.bias", IDENTITY))
-            for i in range(h.dec_layers):
+            for i in range(r.dec_layers):
                 lo, lt = p + ("layers", i), f"{t}.transformer.decoder.layers.{i}"
                 _fused_qkv(rows, lo + ("cross_attn",), f"{lt}.multihead_attn.in_proj_weight",
                            f"{lt}.multihead_attn.in_proj_bias")
@@ -132,7 +132,7 @@ def head_rows(config: mlc.ConfigDict) -> list[Row]:
             _norm(rows, p + ("norm",), f"{t}.transformer.decoder.norm")
             rows.append(Row(p + ("fc", "kernel"), f"{t}.fc.W", DROP_LEAD))
             rows.append(Row(p + ("fc", "bias"), f"{t}.fc.b", DROP_LEAD))
-        elif h.ml_encoder == "gap_linear":
+        elif r.ml_encoder == "gap_linear":
             p, t = ("head", "ml_gap"), "decode_head.img_cls_head"
             rows.append(Row(p + ("fc1", "kernel"), f"{t}.1.conv.weight", CONV1X1))
             rows.append(Row(p + ("fc1", "bias"), f"{t}.1.conv.bias", IDENTITY))
@@ -254,7 +254,7 @@ def is_class_dependent(path: tuple) -> bool:
 
 
 def config_grid(config: mlc.ConfigDict) -> tuple[int, int]:
-    b = config.model.backbone
+    b = config.model.vit
     return (b.img_size[0] // b.patch_size, b.img_size[1] // b.patch_size)
 
 
@@ -367,12 +367,12 @@ def map_state_dict(state_dict: Mapping[str, np.ndarray], rows: list[Row], *,
 
 def official_buffers(config: mlc.ConfigDict) -> dict[str, np.ndarray]:
     """Official constant buffers of the configured variant, recomputed (spec §6.4)."""
-    h = config.model.head
-    if h.type == "rankseg" and h.ml_encoder == "tran_dec":
-        from rankseg_jax.models import heads  # local: avoids importing jax for table work
+    r = config.model.rankseg
+    if r.enabled and r.ml_encoder == "tran_dec":
+        from rankseg_jax.rankseg import encoders  # local: keeps table work light
 
-        s, d = h.downsample, h.d_model
-        pe = heads.sine_position_grid(s, d).reshape(s, s, d).transpose(2, 0, 1)[None]
+        s, d = r.downsample, config.model.head.d_model
+        pe = encoders.sine_position_grid(s, d).reshape(s, s, d).transpose(2, 0, 1)[None]
         return {BUFFERS[0]: np.ascontiguousarray(pe, np.float32)}
     return {}
 
@@ -426,13 +426,13 @@ def from_ours(value: np.ndarray, kind: str) -> np.ndarray:
 def official_key_order(config: mlc.ConfigDict) -> list[str]:
     """Official `state_dict()` key order of the configured variant (spec App. A/B, §6.4)."""
     keys = list(dict.fromkeys(r.key for r in mapping_table(config)))
-    h = config.model.head
-    if h.type == "rankseg" and h.ml_encoder == "tran_enc":
+    r = config.model.rankseg
+    if r.enabled and r.ml_encoder == "tran_enc":
         norm2 = ["decode_head.decoder_norm2.weight", "decode_head.decoder_norm2.bias"]
         keys = [k for k in keys if k not in norm2]
         at = keys.index("decode_head.decoder_norm.bias") + 1
         keys[at:at] = norm2
-    if h.type == "rankseg" and h.ml_encoder == "tran_dec":
+    if r.enabled and r.ml_encoder == "tran_dec":
         t = "decode_head.img_cls_head."
         moved = [t + "input_proj.weight", t + "input_proj.bias"]
         keys = [k for k in keys if k not in moved]

@@ -3,6 +3,8 @@
     x = x + DropPath(Dropout(Attn(norm1(x))))
     x = x + DropPath(MLP(norm2(x)))
 
+`Attention` also serves as cross-attention (keys/values from another input, optional mask).
+
 Parameter paths (public contract, see docs/parameters.md):
     norm1.{scale,bias}  attn.{query,key,value,out}.{kernel,bias}  norm2.{scale,bias}
     mlp.fc1.{kernel,bias}  mlp.fc2.{kernel,bias}
@@ -97,35 +99,58 @@ def split_rng(rng: jax.Array | None, n: int) -> list[jax.Array | None]:
 
 
 class Attention(nnx.Module):
-    """Multi-head self-attention with separate q/k/v projections (head-major columns)."""
+    """Multi-head attention with separate q/k/v projections (head-major columns).
+
+    Self-attention by default; cross-attention when `key_input` / `value_input` are given
+    (torch `nn.MultiheadAttention(q, k, v)` semantics: q·k scaled by dh^-0.5, softmax over
+    keys in float32). `init` initialises query/key/value/out; `out_init` (default `init`)
+    overrides it for `out` (Mask2Former's decoder initialises the fused in_proj and out_proj
+    differently).
+    """
 
     def __init__(self, dim: int, num_heads: int, *, qkv_bias: bool = True,
                  attn_drop: float = 0.0, proj_drop: float = 0.0, init: InitScheme,
-                 dtype=jnp.float32, rngs: nnx.Rngs):
+                 out_init: InitScheme | None = None, dtype=jnp.float32, rngs: nnx.Rngs):
         self.num_heads = num_heads
         self.attn_drop = attn_drop
         self.proj_drop = proj_drop
         self.query = dense(dim, dim, init, dtype, rngs, use_bias=qkv_bias)
         self.key = dense(dim, dim, init, dtype, rngs, use_bias=qkv_bias)
         self.value = dense(dim, dim, init, dtype, rngs, use_bias=qkv_bias)
-        self.out = dense(dim, dim, init, dtype, rngs)
+        self.out = dense(dim, dim, init if out_init is None else out_init, dtype, rngs)
 
-    def __call__(self, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
-        """x: [B, N, d] -> [B, N, d]."""
+    def __call__(self, x: jax.Array, rng: jax.Array | None = None, *,
+                 key_input: jax.Array | None = None, value_input: jax.Array | None = None,
+                 mask: jax.Array | None = None) -> jax.Array:
+        """Attention of the queries x over keys/values; returns [B, Nq, d].
+
+        x: [B, Nq, d] query input (also the key/value input for self-attention).
+        key_input: [B, Nk, d] key input (default x); value_input: [B, Nk, d] value input
+        (default key_input). mask: bool broadcastable to [B, heads, Nq, Nk], True = may
+        attend (jax convention; torch's bool attn_mask is its negation). A fully masked row
+        gives a uniform average (callers must not rely on it; torch gives NaN there).
+        """
         b, n, d = x.shape
         h = self.num_heads
         dh = d // h
+        key_input = x if key_input is None else key_input
+        value_input = key_input if value_input is None else value_input
+        nk = key_input.shape[1]
         q = self.query(x).reshape(b, n, h, dh)
-        k = self.key(x).reshape(b, n, h, dh)
-        v = self.value(x).reshape(b, n, h, dh)
+        k = self.key(key_input).reshape(b, nk, h, dh)
+        v = self.value(value_input).reshape(b, nk, h, dh)
         rng_attn, rng_proj = split_rng(rng, 2)
         if rng_attn is None or self.attn_drop == 0.0:
             # Fused attention (cuDNN flash attention on GPU for bf16; XLA elsewhere).
-            y = jax.nn.dot_product_attention(q, k, v, scale=dh ** -0.5).reshape(b, n, d)
+            y = jax.nn.dot_product_attention(q, k, v, mask=mask,
+                                             scale=dh ** -0.5).reshape(b, n, d)
         else:
             logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (dh ** -0.5)
             # Softmax in float32 even for bf16 compute.
-            probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+            logits = logits.astype(jnp.float32)
+            if mask is not None:
+                logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+            probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
             probs = dropout(probs, self.attn_drop, rng_attn)
             y = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, n, d)
         return dropout(self.out(y), self.proj_drop, rng_proj)

@@ -7,8 +7,11 @@ Parameter paths (public contract, see docs/parameters.md):
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
+import ml_collections as mlc
 import numpy as np
 from flax import nnx
 
@@ -32,18 +35,47 @@ def resize_pos_embed(pos_embed: jax.Array, stored_grid: tuple[int, int],
     return jnp.concatenate([cls_pos, grid_pos.reshape(1, grid[0] * grid[1], d)], axis=1)
 
 
+@dataclasses.dataclass(frozen=True)
+class ViTConfig:
+    """ViT structure (`config.model.vit`). oce_classes: K class tokens appended before layer
+    `oce_start_layer` (OCE variant), 0 = none."""
+
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    patch_size: int = 16
+    img_size: tuple[int, int] = (512, 512)
+    qkv_bias: bool = True
+    drop_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    final_norm: bool = True
+    ln_eps: float = 1e-6
+    oce_classes: int = 0
+    oce_start_layer: int = -1
+
+    @classmethod
+    def from_config(cls, model: mlc.ConfigDict) -> ViTConfig:
+        """From `config.model` (the `vit` section and, for OCE, K)."""
+        v = model.vit
+        names = [f.name for f in dataclasses.fields(cls) if f.name != "oce_classes"]
+        values = {n: v[n] for n in names}
+        values["img_size"] = tuple(v.img_size)
+        return cls(oce_classes=model.num_classes if v.oce else 0, **values)
+
+
 class ViT(nnx.Module):
     """Pre-norm ViT: patch conv, cls token, learned position embedding, blocks, final LN."""
 
-    def __init__(self, *, embed_dim: int, depth: int, num_heads: int, mlp_ratio: float = 4.0,
-                 patch_size: int = 16, img_size: tuple[int, int] = (512, 512),
-                 qkv_bias: bool = True, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
-                 drop_path_rate: float = 0.0, final_norm: bool = True, ln_eps: float = 1e-6,
-                 oce_classes: int = 0, oce_start_layer: int = -1, dtype=jnp.float32,
-                 remat: bool = False, rngs: nnx.Rngs):
+    def __init__(self, cfg: ViTConfig, *, dtype=jnp.float32, remat: bool = False,
+                 rngs: nnx.Rngs):
+        embed_dim, depth, patch_size = cfg.embed_dim, cfg.depth, cfg.patch_size
+        oce_classes, img_size = cfg.oce_classes, cfg.img_size
+        self.cfg = cfg
         self.patch_size = patch_size
         self.grid = (img_size[0] // patch_size, img_size[1] // patch_size)
-        self.drop_rate = drop_rate
+        self.drop_rate = cfg.drop_rate
         self.dtype = dtype
         self.remat = remat
         init = tfm.torch_default_init()
@@ -58,16 +90,17 @@ class ViT(nnx.Module):
         self.cls_token = nnx.Param(jnp.zeros((1, 1, embed_dim)))
         self.pos_embed = nnx.Param(jnp.zeros((1, 1 + self.grid[0] * self.grid[1], embed_dim)))
         self.oce_classes = oce_classes
-        self.oce_start = (oce_start_layer % depth) if oce_classes else -1
+        self.oce_start = (cfg.oce_start_layer % depth) if oce_classes else -1
         if oce_classes:
             self.cls_emb = nnx.Param(jnp.zeros((1, oce_classes, embed_dim)))
-        rates = np.linspace(0.0, drop_path_rate, depth)
+        rates = np.linspace(0.0, cfg.drop_path_rate, depth)
         self.layers = nnx.List([
-            tfm.Block(embed_dim, num_heads, int(embed_dim * mlp_ratio), eps=ln_eps,
-                      qkv_bias=qkv_bias, drop=drop_rate, attn_drop=attn_drop_rate,
+            tfm.Block(embed_dim, cfg.num_heads, int(embed_dim * cfg.mlp_ratio), eps=cfg.ln_eps,
+                      qkv_bias=cfg.qkv_bias, drop=cfg.drop_rate, attn_drop=cfg.attn_drop_rate,
                       drop_path=float(rates[i]), init=init, dtype=dtype, rngs=rngs)
             for i in range(depth)])
-        self.final_norm = tfm.layer_norm(embed_dim, ln_eps, rngs) if final_norm else None
+        self.final_norm = (tfm.layer_norm(embed_dim, cfg.ln_eps, rngs) if cfg.final_norm
+                           else None)
 
     def __call__(self, images: jax.Array, rng: jax.Array | None = None
                  ) -> tuple[jax.Array, jax.Array | None]:

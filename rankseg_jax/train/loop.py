@@ -21,10 +21,13 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 
-from configs import common
-from rankseg_jax import checkpointing, input_pipeline, optim, param_paths, sharding
-from rankseg_jax import train_state as ts
-from rankseg_jax.train_log import MetricLogger
+from rankseg_jax import checkpointing, sharding
+from rankseg_jax import config as config_lib
+from rankseg_jax.config import serialization
+from rankseg_jax.data import pipeline as input_pipeline
+from rankseg_jax.train import optim
+from rankseg_jax.train import step as ts
+from rankseg_jax.train.metric_logger import MetricLogger
 
 log = logging.getLogger(__name__)
 
@@ -33,74 +36,17 @@ class TrainingDiverged(FloatingPointError):
     """Loss or gradients became NaN/Inf; the last good checkpoint is kept."""
 
 
-# --------------------------------------------------------------------------- validation
-
-
-def validate_config(config: mlc.ConfigDict, num_devices: int | None = None,
-                    process_count: int | None = None) -> None:
-    """All checks that can fail before compiling; raises ConfigError naming the option."""
-    common.validate(config)
-    try:
-        optim.check_config(config)
-        mesh_sizes = sharding.mesh_shape(config, num_devices or jax.device_count())
-        input_pipeline.dataset_info(config)
-    except ValueError as e:
-        raise common.ConfigError(str(e)) from e
-    dp = mesh_sizes[0] * mesh_sizes[1]
-    t = config.train
-    if t.batch_size % dp:
-        raise common.ConfigError(
-            f"train.batch_size={t.batch_size} is not divisible by the data-parallel size "
-            f"mesh.data*mesh.fsdp={dp}")
-    if (t.batch_size // t.grad_accum) % dp:
-        raise common.ConfigError(
-            f"train.batch_size/train.grad_accum={t.batch_size // t.grad_accum} (the micro-batch) "
-            f"is not divisible by the data-parallel size mesh.data*mesh.fsdp={dp}")
-    pc = process_count or jax.process_count()
-    if t.batch_size % pc:
-        raise common.ConfigError(
-            f"train.batch_size={t.batch_size} is not divisible by the process count {pc}")
-    for name in ("steps", "log_every", "ckpt_every"):
-        if t[name] < 1:
-            raise common.ConfigError(f"train.{name}={t[name]} must be >= 1")
-    if t.eval_every < 0:
-        raise common.ConfigError(f"train.eval_every={t.eval_every} must be >= 0 (0 = never)")
-    d = config.data
-    if d.format in ("folder", "array_record"):
-        if not d.root or not pathlib.Path(d.root).exists():
-            raise common.ConfigError(
-                f"data.root={d.root!r} does not exist. Prepare the dataset first, e.g.\n"
-                f"  python -m data.prepare --dataset={d.name} --src=/path/to/download "
-                f"--out=data/{d.name}\nand set --config.data.root=data/{d.name} "
-                "(see data/README.md for where to download it)")
-    for name in ("resume", "pretrained"):
-        path = config.init[name]
-        if path and not pathlib.Path(path).exists():
-            raise common.ConfigError(f"init.{name}={path!r} does not exist")
-
-
 # --------------------------------------------------------------------------- initial weights
 
 
-def _pretrained_params(setup: ts.TrainSetup, path: str):
-    """Pure param dict from init.pretrained: a params-only dir, or any checkpoint format the
-    converter reads (official/Segmenter .pth, timm, AugReg .npz; backbone-only formats keep
-    the freshly initialised head)."""
-    from rankseg_jax import convert
-
-    config = setup.config
-    abstract = setup.abstract_state["params"]
-    p = pathlib.Path(path)
-    if p.is_dir() and checkpointing.is_params_dir(p):
-        return checkpointing.load_params(p, abstract)
-    shapes = {path: tuple(x.shape) for path, x in param_paths.flatten(abstract)}
-    converted, report = convert.read_checkpoint(p, config, shapes, allow_partial=None)
-    log.info("init.pretrained %s: %s", path, report.summary())
-    # Parameters the source lacks (e.g. the head for backbone-only formats) keep the random
-    # official-style init.
-    params = jax.device_get(ts.init_state(setup)["params"])
-    for k, v in converted.items():
-        param_paths.set_path(params, k, v)
+def pretrained_params(setup: ts.TrainSetup, source: str):
+    """Params from `source` (anything `checkpointing.resolve_params` reads) on the train
+    shardings; parameters the source lacks (e.g. the head of a backbone-only format) keep the
+    official-style random init."""
+    params, what = checkpointing.resolve_params(
+        source, setup.config, setup.abstract_state["params"],
+        fresh_params=lambda: jax.device_get(ts.init_state(setup)["params"]))
+    log.info("weights from %s: %s", source, what)
     return params
 
 
@@ -125,11 +71,11 @@ def initial_state(setup: ts.TrainSetup, ckpt: checkpointing.Checkpointer, data_i
             state = other.restore(setup.abstract_state, data_iterator)
             other.close()
             return state, f"training checkpoint {resume}"
-        raise common.ConfigError(
+        raise config_lib.ConfigError(
             f"init.resume={resume!r} is neither a params-only directory (with params/) nor a "
             "training checkpoint directory (with numbered step folders)")
     if config.init.pretrained:
-        params = _pretrained_params(setup, config.init.pretrained)
+        params = pretrained_params(setup, config.init.pretrained)
         return ts.state_from_params(setup, params), f"pretrained {config.init.pretrained}"
     return ts.init_state(setup), "random init"
 
@@ -139,7 +85,7 @@ def initial_state(setup: ts.TrainSetup, ckpt: checkpointing.Checkpointer, data_i
 
 def _evaluate(config, setup, params, workdir, step):
     try:
-        from rankseg_jax import evaluate as evaluate_lib
+        from rankseg_jax.evaluation import evaluate as evaluate_lib
     except ImportError:
         log.warning("rankseg_jax.evaluate is not available; skipping evaluation at step %d",
                     step)
@@ -178,9 +124,11 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str | os.PathLike) -> di
     metrics or None, 'preempted': bool, 'init': where the weights came from}.
     Raises TrainingDiverged on NaN/Inf loss or gradients (after in-flight saves finish).
     """
-    validate_config(config)
+    config_lib.validate(config)
     workdir = pathlib.Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0:
+        serialization.save(config, workdir)  # the run records which model it trains
     t = config.train
     mesh = sharding.make_mesh(config)
     setup = ts.make_setup(config, mesh)
@@ -263,31 +211,3 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str | os.PathLike) -> di
         if hasattr(data_it, "close"):
             data_it.close()
     return result
-
-
-# --------------------------------------------------------------------------- inference weights
-
-
-def load_inference_params(setup: ts.TrainSetup, checkpoint: str = "", workdir: str = ""):
-    """Params for eval/predict, onto the parameter shardings.
-
-    checkpoint: a params-only dir, a run/training-checkpoint dir (latest step), an official
-    .pth or anything `init.pretrained` accepts; empty = the latest checkpoint in `workdir`.
-    """
-    abstract = setup.abstract_state["params"]
-    path = checkpoint or workdir
-    if not path:
-        raise common.ConfigError("give --checkpoint or a --workdir holding a checkpoint")
-    if checkpointing.is_params_dir(path):
-        return checkpointing.load_params(path, abstract)
-    if checkpointing.is_training_checkpoint(path):
-        ck = checkpointing.Checkpointer(checkpointing.training_checkpoint_root(path),
-                                        setup.config)
-        try:
-            return ck.restore(setup.abstract_state)["params"]
-        finally:
-            ck.close()
-    if pathlib.Path(path).is_file():
-        params = _pretrained_params(setup, path)
-        return ts.state_from_params(setup, params)["params"]
-    raise FileNotFoundError(f"no checkpoint found at {path!r}")

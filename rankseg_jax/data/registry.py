@@ -305,3 +305,32 @@ def data_config_values(name: str) -> dict:
             "reduce_zero_label": info.reduce_zero_label, "mean": info.mean, "std": info.std,
             "crop_size": info.crop_size, "train_scale": info.train_scale,
             "test_scale": info.test_scale}
+
+
+def dataset_info(config) -> DatasetInfo:
+    """Returns the `DatasetInfo` of `config.data.name`, checked against the config.
+
+    `rankseg_jax.config.validate` calls this once before anything runs. Raises ValueError
+    naming the option when `data.format`, `data.ignore_index` or `data.reduce_zero_label`
+    contradict the dataset (a wrong ignore
+    value or a double zero-reduction would silently corrupt labels), or when
+    `model.num_classes` differs from the dataset's K.
+    """
+    d = config.data
+    if d.name not in DATASETS:
+        raise ValueError(f"data.name={d.name!r} is not one of {tuple(DATASETS)}")
+    if (d.name == "synthetic") != (d.format == "synthetic"):
+        raise ValueError(f"data.format={d.format!r} does not fit data.name={d.name!r}: "
+                         "use format 'synthetic' exactly for the synthetic dataset")
+    try:
+        info = get_dataset_info(d.name, num_classes=config.model.num_classes,
+                                class_names_file=d.class_names_file)
+    except ValueError as e:
+        raise ValueError(f"model.num_classes / data.class_names_file: {e}") from e
+    if d.ignore_index != info.ignore_index:
+        raise ValueError(f"data.ignore_index={d.ignore_index} but {d.name} uses "
+                         f"{info.ignore_index}")
+    if bool(d.reduce_zero_label) != info.reduce_zero_label:
+        raise ValueError(f"data.reduce_zero_label={d.reduce_zero_label} but {d.name} uses "
+                         f"{info.reduce_zero_label}")
+    return info

@@ -24,8 +24,9 @@ import pathlib
 import numpy as np
 from PIL import Image
 
-from rankseg_jax import inference, input_pipeline
-from rankseg_jax.sources import _read_raw_label, to_train_ids
+from rankseg_jax.data import pipeline as input_pipeline
+from rankseg_jax.data.sources import _read_raw_label, to_train_ids
+from rankseg_jax.evaluation import inference
 
 _LEGEND_MAX = 20  # classes shown in an overlay legend (by area)
 

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rankseg_jax.metrics import _div
+from rankseg_jax.evaluation.metrics import _div
 
 
 def _finite_mean(x: np.ndarray) -> float:

@@ -41,47 +41,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rankseg_jax import ranking, resize, transforms
-from rankseg_jax.models import segmentor as seg_lib
+from rankseg_jax.data import transforms
+from rankseg_jax.evaluation import full_logits, windows
+from rankseg_jax.rankseg import ranking
 
 OUTSIDE = ranking.OUTSIDE_TOPK_LOGIT  # logit of a class outside a window's top-kappa
 _HP = jax.lax.Precision.HIGHEST
-
-
-# --------------------------------------------------------------------------- host geometry
-
-
-def window_matrices(grid: int, box: tuple[int, int], size: int, counts: np.ndarray,
-                    ori: int, padded: int, flip: bool = False) -> np.ndarray:
-    """Separable map of one window along one axis: head grid -> original (padded) axis.
-
-    grid: head grid length of the window (ceil(crop / patch)); box: (start, end) of the window
-    in the test-resolution axis of length `size`; counts: [size] windows covering each row;
-    ori: original length; padded: ori rounded up (rows >= ori are zero); flip: reverse the
-    valid rows (un-flip a horizontally flipped input). Returns float64 [padded, grid].
-    """
-    y1, y2 = box
-    emb = np.zeros((size, grid))
-    emb[y1:y2] = resize.bilinear_matrix(grid, y2 - y1)  # encode_decode: grid -> crop size
-    emb /= counts[:, None]  # slide average (count is separable: rows x cols)
-    out = np.zeros((padded, grid))
-    out[:ori] = resize.bilinear_matrix(size, ori) @ emb  # inference(rescale=True)
-    if flip:
-        out[:ori] = out[:ori][::-1]
-    return out
-
-
-def axis_counts(size: int, boxes) -> np.ndarray:
-    """Number of windows covering each index of an axis. boxes: (start, end) per window."""
-    c = np.zeros(size)
-    for a, b in sorted(set(boxes)):
-        c[a:b] += 1
-    return c
-
-
-def bucket(n: int, multiple: int) -> int:
-    """n rounded up to a multiple of `multiple` (<= 1 disables)."""
-    return n if multiple <= 1 else -(-n // multiple) * multiple
 
 
 # --------------------------------------------------------------------------- stage 2
@@ -169,7 +134,7 @@ def combine(logits, topks, ahs, aws, *, num_classes: int, chunk: int) -> jax.Arr
         sls, misses = [p[0] for p in pairs], [p[1] for p in pairs]
         n_slots, b = classes.shape[1], classes.shape[0]
     chunk = max(1, min(chunk, n_slots))
-    total = bucket(n_slots, chunk)
+    total = windows.bucket(n_slots, chunk)
     sls = [_pad_slots(x, 2, total, 0.0) for x in sls]
     misses = [None if m is None else _pad_slots(m, 2, total, 1.0) for m in misses]
     if valid is None:
@@ -223,21 +188,6 @@ def combine(logits, topks, ahs, aws, *, num_classes: int, chunk: int) -> jax.Arr
     return jnp.take_along_axis(classes, idx.reshape(b, -1), axis=1).reshape(idx.shape)
 
 
-# --------------------------------------------------------------------------- naive reference
-
-
-def naive_scores(model, images, *, mode, crop, stride, ori, flip, softmax):
-    """The literal full-K path (official order of operations), for checks and benchmarks.
-
-    images: [B, h, w, 3] (already flipped when `flip`); ori: (H0, W0). Returns [B, K, H0, W0]
-    float32: logits (softmax=False) or softmax probabilities, un-flipped.
-    """
-    logits = seg_lib.inference_logits(model, images, mode=mode, crop=crop, stride=stride)
-    logits = resize.resize_bilinear(logits, ori)
-    out = jax.nn.softmax(logits, axis=1) if softmax else logits
-    return out[..., ::-1] if flip else out
-
-
 # --------------------------------------------------------------------------- the engine
 
 
@@ -260,12 +210,12 @@ class Inferencer:
     memory_light, class_chunk, size_bucket.
     """
 
-    def __init__(self, config, model: seg_lib.Segmentor):
+    def __init__(self, config, model):
         self.config = config
         self.num_classes = config.model.num_classes
-        self.patch = config.model.backbone.patch_size
+        self.patch = config.model.vit.patch_size
         self.is_rankseg = model.is_rankseg
-        self.topk = config.model.head.topk if self.is_rankseg else None
+        self.topk = config.model.rankseg.topk if self.is_rankseg else None
         t = config.test
         self.mode, self.crop, self.stride = t.mode, tuple(t.crop_size), tuple(t.stride)
         self.memory_light, self.chunk, self.size_bucket = t.memory_light, t.class_chunk, \
@@ -285,8 +235,9 @@ class Inferencer:
 
         def naive(state, images, *, ori, flip, softmax):
             m = nnx.merge(graphdef, state)
-            return naive_scores(m, images, mode=self.mode, crop=self.crop, stride=self.stride,
-                                ori=ori, flip=flip, softmax=softmax)
+            return full_logits.naive_scores(m, images, mode=self.mode, crop=self.crop,
+                                            stride=self.stride, ori=ori, flip=flip,
+                                            softmax=softmax)
 
         self._naive = jax.jit(naive, static_argnames=("ori", "flip", "softmax"))
 
@@ -313,11 +264,7 @@ class Inferencer:
     # ---------------------------------------------------------------- inference
 
     def _boxes(self, h: int, w: int):
-        if self.mode == "whole":
-            return [(0, h, 0, w)]
-        if self.mode == "slide":
-            return seg_lib.slide_windows(h, w, self.crop, self.stride)
-        raise ValueError(f"test.mode={self.mode!r} is not 'whole' or 'slide'")
+        return windows.window_boxes(self.mode, h, w, self.crop, self.stride)
 
     def _run_view(self, image: np.ndarray, gt):
         """Stage 1 on one view [h, w, 3]: window logits [n_w, 1, C, gh, gw], topk, image
@@ -340,17 +287,14 @@ class Inferencer:
         h0, w0 = ori_shape
         if not self.memory_light:
             return self._predict_naive(views, ori_shape, gt_present)
-        hp, wp = bucket(h0, self.size_bucket), bucket(w0, self.size_bucket)
+        padded = (windows.bucket(h0, self.size_bucket), windows.bucket(w0, self.size_bucket))
         logits, topks, ahs, aws, img = [], [], [], [], []
         for image, flip in views:
             lg, tk, il, boxes = self._run_view(image, gt_present)
-            h, w = image.shape[:2]
-            gh, gw = lg.shape[-2:]
-            rows = axis_counts(h, [(b[0], b[1]) for b in boxes])
-            cols = axis_counts(w, [(b[2], b[3]) for b in boxes])
-            ahs.append(np.stack([window_matrices(gh, b[:2], h, rows, h0, hp) for b in boxes]))
-            aws.append(np.stack([window_matrices(gw, b[2:], w, cols, w0, wp, flip)
-                                 for b in boxes]))
+            ah, aw = windows.view_matrices(boxes, image.shape[:2], lg.shape[-2:], (h0, w0),
+                                           padded, flip)
+            ahs.append(ah)
+            aws.append(aw)
             logits.append(lg)
             topks.append(tk)
             img.append(il)

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rankseg_jax import ranking
+from rankseg_jax.rankseg import ranking
 
 __all__ = [
     "Areas",

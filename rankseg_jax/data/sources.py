@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from rankseg_jax.datasets import DatasetInfo
+from rankseg_jax.data.registry import DatasetInfo
 
 # Prepared datasets: TFDS builder `rankseg_<dataset>` at this version, under `data.root`.
 TFDS_VERSION = "1.0.0"

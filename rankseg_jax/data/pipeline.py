@@ -28,13 +28,11 @@ import jax
 import numpy as np
 from absl import flags
 
-from rankseg_jax import transforms
-from rankseg_jax.datasets import DATASETS, DatasetInfo, get_dataset_info
-from rankseg_jax.sources import ArrayRecordSource, BadExampleError, FolderSource
-from rankseg_jax.synthetic import SyntheticSource
+from rankseg_jax.data import transforms
+from rankseg_jax.data.registry import dataset_info
+from rankseg_jax.data.sources import ArrayRecordSource, BadExampleError, FolderSource
+from rankseg_jax.data.synthetic import SyntheticSource
 
-FORMATS = ("folder", "array_record", "synthetic")
-BAD_EXAMPLE_POLICIES = ("fail", "skip")
 _SKIPPED = "_skipped"
 
 
@@ -55,39 +53,6 @@ class BadExampleCounter:
 
 
 # --------------------------------------------------------------------------- config -> parts
-
-
-def dataset_info(config) -> DatasetInfo:
-    """Returns the `DatasetInfo` of `config.data.name`, checked against the config.
-
-    Raises ValueError naming the option when `data.format`, `data.bad_example_policy`,
-    `data.ignore_index` or `data.reduce_zero_label` contradict the dataset (a wrong ignore
-    value or a double zero-reduction would silently corrupt labels), or when
-    `model.num_classes` differs from the dataset's K.
-    """
-    d = config.data
-    if d.name not in DATASETS:
-        raise ValueError(f"data.name={d.name!r} is not one of {DATASETS}")
-    if d.format not in FORMATS:
-        raise ValueError(f"data.format={d.format!r} is not one of {FORMATS}")
-    if d.bad_example_policy not in BAD_EXAMPLE_POLICIES:
-        raise ValueError(f"data.bad_example_policy={d.bad_example_policy!r} is not one of "
-                         f"{BAD_EXAMPLE_POLICIES}")
-    if (d.name == "synthetic") != (d.format == "synthetic"):
-        raise ValueError(f"data.format={d.format!r} does not fit data.name={d.name!r}: "
-                         "use format 'synthetic' exactly for the synthetic dataset")
-    try:
-        info = get_dataset_info(d.name, num_classes=config.model.num_classes,
-                                class_names_file=d.class_names_file)
-    except ValueError as e:
-        raise ValueError(f"model.num_classes / data.class_names_file: {e}") from e
-    if d.ignore_index != info.ignore_index:
-        raise ValueError(f"data.ignore_index={d.ignore_index} but {d.name} uses "
-                         f"{info.ignore_index}")
-    if bool(d.reduce_zero_label) != info.reduce_zero_label:
-        raise ValueError(f"data.reduce_zero_label={d.reduce_zero_label} but {d.name} uses "
-                         f"{info.reduce_zero_label}")
-    return info
 
 
 def make_source(config, split: str):

@@ -22,8 +22,10 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from rankseg_jax import inference, input_pipeline, metrics, multilabel_metrics
-from rankseg_jax.sources import BadExampleError
+from rankseg_jax.data import pipeline as input_pipeline
+from rankseg_jax.data.sources import BadExampleError
+from rankseg_jax.evaluation import inference, metrics
+from rankseg_jax.evaluation import multilabel as multilabel_metrics
 
 _ML_KEYS = ("img_AP", "img_recall", "img_accuracy", "pixel_recall")
 

@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections as mlc
 
-from rankseg_jax import ranking, resize
+from rankseg_jax import resize
+from rankseg_jax.rankseg import ranking
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int,

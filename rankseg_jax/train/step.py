@@ -17,15 +17,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections as mlc
-import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from rankseg_jax import checkpointing, multilabel_metrics, optim, ranking, sharding
-from rankseg_jax import losses as losses_lib
-from rankseg_jax.models.segmentor import build_model
+from rankseg_jax import checkpointing, models, sharding
+from rankseg_jax.evaluation import multilabel as multilabel_metrics
+from rankseg_jax.rankseg import ranking
+from rankseg_jax.train import losses as losses_lib
+from rankseg_jax.train import optim
 
 
 @dataclasses.dataclass
@@ -33,7 +34,7 @@ class TrainSetup:
     """Everything static about training: model graph, optimizer, shapes and shardings."""
     config: mlc.ConfigDict
     mesh: jax.sharding.Mesh
-    graphdef: Any  # nnx GraphDef of the Segmentor (Params split out)
+    graphdef: Any  # nnx GraphDef of the model (Params split out)
     tx: optax.GradientTransformation
     abstract_state: Any  # pytree of jax.ShapeDtypeStruct carrying .sharding
     state_shardings: Any  # pytree of NamedSharding, same structure as the state
@@ -41,9 +42,7 @@ class TrainSetup:
 
 def make_setup(config: mlc.ConfigDict, mesh: jax.sharding.Mesh) -> TrainSetup:
     """Shapes, optimizer and shardings of the train state, without allocating anything."""
-    abstract_model = nnx.eval_shape(lambda: build_model(config, nnx.Rngs(config.seed)))
-    graphdef, _ = nnx.split(abstract_model, nnx.Param)
-    abs_params = checkpointing.params_tree(abstract_model)
+    graphdef, abs_params = models.abstract_model(config)
     tx = optim.make_optimizer(config, abs_params)
     abs_opt = jax.eval_shape(tx.init, abs_params)
     abs_state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": abs_params,
@@ -51,9 +50,7 @@ def make_setup(config: mlc.ConfigDict, mesh: jax.sharding.Mesh) -> TrainSetup:
     # The rules key on path suffixes and shapes, so optimizer moments (whose paths end with
     # the parameter's path and have its shape) get the parameter's sharding, and scalars
     # such as optax counts are replicated.
-    shardings = sharding.param_shardings(abs_state, mesh, config)
-    abs_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                             abs_state, shardings)
+    abs_state, shardings = sharding.with_shardings(abs_state, mesh, config)
     return TrainSetup(config, mesh, graphdef, tx, abs_state, shardings)
 
 
@@ -62,7 +59,7 @@ def init_state(setup: TrainSetup) -> dict:
     config, tx = setup.config, setup.tx
 
     def init():
-        params = checkpointing.params_tree(build_model(config, nnx.Rngs(config.seed)))
+        params = models.init_params(config)
         return {"step": jnp.zeros((), jnp.int32), "params": params,
                 "opt_state": tx.init(params)}
 
@@ -74,15 +71,7 @@ def state_from_params(setup: TrainSetup, params) -> dict:
 
     params: pure nested dict (numpy or jax arrays); placed onto the parameter shardings.
     """
-    p_sh = setup.state_shardings["params"]
-
-    def place(x, a, s):
-        if isinstance(x, jax.Array) and x.sharding == s:
-            return x
-        host = np.asarray(jax.device_get(x), a.dtype)  # works on every process
-        return jax.make_array_from_callback(a.shape, s, lambda idx: host[idx])
-
-    params = jax.tree.map(place, params, setup.abstract_state["params"], p_sh)
+    params = checkpointing.place_params(params, setup.abstract_state["params"])
     opt = jax.jit(setup.tx.init, out_shardings=setup.state_shardings["opt_state"])(params)
     step = jax.jit(lambda: jnp.zeros((), jnp.int32),
                    out_shardings=setup.state_shardings["step"])()
@@ -90,7 +79,7 @@ def state_from_params(setup: TrainSetup, params) -> dict:
 
 
 def model_from_params(setup: TrainSetup, params) -> nnx.Module:
-    """An nnx Segmentor view of `params` (for evaluation and prediction)."""
+    """An nnx model view of `params` (for evaluation during training)."""
     return nnx.merge(setup.graphdef, params)
 
 

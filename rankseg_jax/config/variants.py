@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import ml_collections as mlc
 
-from configs import common
+from rankseg_jax.config import schema
+from rankseg_jax.config.schema import ConfigError
 
 # Every variant flag with its default (its type is the type of the default).
 VARIANT_DEFAULTS = dict(
@@ -36,24 +37,51 @@ ABLATIONS = {
     "mt_ls_ra": dict(topk_all=False, temperature="rank_adaptive"),  # the full method
 }
 
-# The official RankSeg configs with weight decay 1e-6 add these multipliers (spec §7.2).
+# The official RankSeg configs with weight decay 1e-6 add these multipliers (their
+# `optimizer.paramwise_cfg.custom_keys`, e.g. in
+# `segmenter-ori_rankseg_vit-b16_512x512_160k_ade20k.py`).
 RANKSEG_DECAY_MULT = (("pos_embed", 0.0), ("cls_token", 0.0), ("norm", 0.0),
                       ("decode_head.blocks.0.", 100.0), ("decode_head.ml_fc", 100.0))
+PLAIN_DECAY_MULT = (("pos_embed", 0.0), ("cls_token", 0.0), ("norm", 0.0))
+
+
+def parse_arg(arg: str | None, **defaults) -> mlc.ConfigDict:
+    """Parses a `configs/x.py:a,b=2` argument into a dict of flags (`a` -> True).
+
+    defaults: every accepted flag with its default; the default's type converts the value.
+    Raises ConfigError for an unknown flag or a value of the wrong type.
+    """
+    out = mlc.ConfigDict(dict(defaults))
+    for part in filter(None, (arg or "").split(",")):
+        key, _, value = part.partition("=")
+        if key not in out:
+            raise ConfigError(f"unknown config variant {key!r}; known: {sorted(out.keys())}")
+        if not value:
+            out[key] = True
+        elif isinstance(out[key], bool):
+            out[key] = value in ("1", "true", "True")
+        else:
+            try:
+                out[key] = type(out[key])(value)
+            except ValueError as e:
+                raise ConfigError(f"config variant {key}={value!r}: expected "
+                                  f"{type(out[key]).__name__}") from e
+    return out
 
 
 def parse(arg: str | None, **extra) -> mlc.ConfigDict:
     """Parses the variant string of `get_config(arg)`; `extra` adds dataset-specific flags."""
-    return common.parse_arg(arg, **VARIANT_DEFAULTS, **extra)
+    return parse_arg(arg, **VARIANT_DEFAULTS, **extra)
 
 
 def set_dataset(c: mlc.ConfigDict, name: str) -> None:
-    """Dataset facts from the registry (rankseg_jax/datasets.py): K, ignore value, zero
+    """Dataset facts from the registry (rankseg_jax/data/registry.py): K, ignore value, zero
     reduction, mean/std, crop and scales; data read from the prepared `data/<name>` shards;
     slide inference with crop = stride = the training crop (every official config)."""
-    from rankseg_jax import datasets  # noqa: PLC0415  (keeps config parsing import-light)
+    from rankseg_jax.data import registry  # noqa: PLC0415  (keeps config parsing import-light)
 
-    c.model.num_classes = datasets.get_dataset_info(name).num_classes
-    c.data.update(datasets.data_config_values(name))
+    c.model.num_classes = registry.get_dataset_info(name).num_classes
+    c.data.update(registry.data_config_values(name))
     c.data.format, c.data.root = "array_record", f"data/{name}"
     c.test.mode, c.test.crop_size, c.test.stride = "slide", c.data.crop_size, c.data.crop_size
 
@@ -61,8 +89,9 @@ def set_dataset(c: mlc.ConfigDict, name: str) -> None:
 def set_rankseg(c: mlc.ConfigDict, *, topk: int, img_loss: str, img_weight: float,
                 weight_decay: float) -> None:
     """The official RankSeg head (3 blocks, 8x8 pooled ML encoder) and its loss/decay."""
-    h = c.model.head
-    h.type, h.topk, h.downsample, h.n_layers = "rankseg", topk, 8, 3
+    r = c.model.rankseg
+    r.enabled, r.topk, r.downsample = True, topk, 8
+    c.model.head.n_layers = 3
     c.loss.img_type, c.loss.img_weight = img_loss, img_weight
     c.loss.asl_gamma_neg, c.loss.asl_gamma_pos = 2.0, 0.0
     c.optim.weight_decay = weight_decay
@@ -76,7 +105,7 @@ def set_schedule(c: mlc.ConfigDict, steps: int, eval_every: int) -> None:
 
 
 def finish(c: mlc.ConfigDict, args: mlc.ConfigDict, vit_l_crop: int = 640) -> mlc.ConfigDict:
-    """Applies `vit_l`, `baseline` and then the generic variants; returns c."""
+    """Applies `vit_l`, `baseline` and then the generic variants; returns c, locked."""
     if args.vit_l:
         set_vit_l(c, vit_l_crop)
     if args.baseline:
@@ -86,8 +115,8 @@ def finish(c: mlc.ConfigDict, args: mlc.ConfigDict, vit_l_crop: int = 640) -> ml
 
 def set_vit_l(c: mlc.ConfigDict, crop: int = 640) -> None:
     """Official ViT-L/16 settings: 24 layers, width 1024, pos-embed grid of a 640 crop."""
-    common.apply_vit_preset(c, "l16")
-    c.model.backbone.img_size = (crop, crop)
+    schema.apply_vit_preset(c, "l16")
+    c.model.vit.img_size = (crop, crop)
     c.data.crop_size = (crop, crop)
     c.data.train_scale = (4 * crop, crop)
     c.data.test_scale = (4 * crop, crop)
@@ -96,56 +125,57 @@ def set_vit_l(c: mlc.ConfigDict, crop: int = 640) -> None:
 
 def set_baseline(c: mlc.ConfigDict) -> None:
     """Segmenter baseline head: 2 blocks, K-way masks, no image loss, no weight decay."""
-    h = c.model.head
-    h.type, h.n_layers = "segmenter", 2
+    c.model.rankseg.enabled = False
+    c.model.head.n_layers = 2
     c.optim.weight_decay = 0.0
-    c.optim.decay_mult = (("pos_embed", 0.0), ("cls_token", 0.0), ("norm", 0.0))
+    c.optim.decay_mult = PLAIN_DECAY_MULT
 
 
 def apply(c: mlc.ConfigDict, args: mlc.ConfigDict) -> mlc.ConfigDict:
     """Applies the generic variants (everything but vit_l/baseline, which dataset files
-    apply first because they interact with dataset settings). Returns c."""
-    h = c.model.head
+    apply first because they interact with dataset settings). Returns c, locked (no new keys
+    can be added; values can still be overridden)."""
+    r = c.model.rankseg
     if args.oce:
-        c.model.backbone.oce = True
+        c.model.vit.oce = True
     if args.ml_encoder:
-        h.ml_encoder = args.ml_encoder
+        r.ml_encoder = args.ml_encoder
         if args.ml_encoder != "tran_enc":
-            # Official ablation configs (spec §3.5-3.6): 16x16 pooling, 2 segmentation blocks,
-            # clipped ASL(0, 0).
-            h.downsample, h.n_layers = 16, 2
+            # Official ablation configs (`segmenter-ori_rankseg-{tran_dec,gap_linear}*`):
+            # 16x16 pooling, 2 segmentation blocks, clipped ASL(0, 0).
+            r.downsample, c.model.head.n_layers = 16, 2
             c.loss.img_type, c.loss.asl_gamma_neg, c.loss.asl_gamma_pos = "asl", 0.0, 0.0
     if args.ablation:
         if args.ablation not in ABLATIONS:
-            raise common.ConfigError(
-                f"ablation={args.ablation!r} is not one of {sorted(ABLATIONS)}")
+            raise ConfigError(f"ablation={args.ablation!r} is not one of {sorted(ABLATIONS)}")
         spec = ABLATIONS[args.ablation]
         if spec["topk_all"]:
-            h.topk = c.model.num_classes
-        h.temperature = spec["temperature"]
+            r.topk = c.model.num_classes
+        r.temperature = spec["temperature"]
     if args.topk:
-        h.topk = args.topk
+        r.topk = args.topk
     if args.img_weight >= 0:
         c.loss.img_weight = args.img_weight
     if args.temperature:
-        h.temperature = args.temperature
+        r.temperature = args.temperature
     if args.oracle:
-        h.oracle = args.oracle
+        r.oracle = args.oracle
     if args.smoke:
         smoke(c)
+    c.lock()
     return c
 
 
 def smoke(c: mlc.ConfigDict) -> None:
     """Shrinks a config so the same code runs in seconds on CPU: tiny ViT, 64x64 crops,
     synthetic data with the same number of classes, a few steps."""
-    b, h = c.model.backbone, c.model.head
+    b, h, r = c.model.vit, c.model.head, c.model.rankseg
     b.embed_dim, b.depth, b.num_heads, b.img_size = 64, 2, 2, (64, 64)
     b.drop_path_rate = 0.0
     h.d_model, h.num_heads, h.d_ff = 64, 2, 128
-    h.downsample = 2
-    h.dec_num_heads, h.dec_d_ff = 2, 128
-    h.topk = min(h.topk, c.model.num_classes)
+    r.downsample = 2
+    r.dec_num_heads, r.dec_d_ff = 2, 128
+    r.topk = min(r.topk, c.model.num_classes)
     d = c.data
     d.name, d.format, d.root = "synthetic", "synthetic", ""
     d.ignore_index, d.reduce_zero_label, d.class_names_file = 255, False, ""
@@ -160,3 +190,4 @@ def smoke(c: mlc.ConfigDict) -> None:
     t = c.train
     t.steps, t.batch_size, t.grad_accum = 4, 2, 1
     t.log_every, t.eval_every, t.ckpt_every = 1, 4, 2
+    c.optim.warmup_steps = min(c.optim.warmup_steps, t.steps - 1)

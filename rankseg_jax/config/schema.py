@@ -1,13 +1,18 @@
-"""The config schema: every option of rankseg_jax, its default, and its validation.
+"""The config schema: every option of rankseg_jax and its default, in one place.
 
-Each dataset config (`configs/ade20k.py`, ...) starts from `base_config()` and changes values;
-it never adds keys. `validate(config)` runs once, before any compilation, and raises
-`ConfigError` naming the option at fault.
+Each config file (`configs/ade20k.py`, ...) starts from `base_config()` and changes values; it
+never adds keys (the returned ConfigDict is locked). `rankseg_jax.config.validate(config)` runs
+once, before anything compiles, and raises `ConfigError` naming the option at fault.
 
 Conventions:
   * sizes are (height, width); image scales are (long side, short side) as in mmseg;
-  * `model.head.topk` is kappa, the number of classes kept per image;
-  * every default below is the official Segmenter+RankSeg ViT-B/16 ADE20K value unless noted.
+  * `model.rankseg.topk` is kappa, the number of classes kept per image;
+  * defaults are the official Segmenter+RankSeg ViT-B/16 ADE20K values unless noted.
+
+Sections of `model` are named after the component they configure: `model.arch` picks the
+meta-architecture (the RankSeg host), `model.backbone` the backbone type, whose options live
+in the section of the same name (`model.vit`), `model.head` is the Segmenter mask-transformer
+decode head, and `model.rankseg` the RankSeg component every host uses.
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ VIT_PRESETS = {
     "l16": dict(embed_dim=1024, depth=24, num_heads=16),
 }
 
-HEAD_TYPES = ("segmenter", "rankseg")
+# The choices of every enumerated option (validated once, before compiling).
+ARCHS = ("segmenter",)
+BACKBONES = ("vit",)
 ML_ENCODERS = ("tran_enc", "tran_dec", "gap_linear")
 TEMPERATURES = ("rank_adaptive", "shared")
 ORACLES = ("none", "train_eval", "eval")
@@ -30,6 +37,10 @@ IMG_LOSSES = ("asl", "bce")
 SEG_AVERAGES = ("all_pixels", "valid_pixels")
 TEST_MODES = ("whole", "slide")
 DTYPES = ("float32", "bfloat16")
+DATA_FORMATS = ("folder", "array_record", "synthetic")
+BAD_EXAMPLE_POLICIES = ("fail", "skip")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("poly", "constant")
 
 
 class ConfigError(ValueError):
@@ -43,18 +54,20 @@ def base_config() -> mlc.ConfigDict:
 
     # ------------------------------------------------------------------ model
     c.model = m = mlc.ConfigDict()
+    m.arch = "segmenter"  # meta-architecture: encoder + Segmenter decode head
+    m.backbone = "vit"  # backbone type; its options are in the section of the same name
     m.num_classes = 150
     m.dtype = "float32"  # compute dtype; params stay float32
     m.remat = False  # rematerialise transformer blocks in the backward pass
 
-    m.backbone = b = mlc.ConfigDict()
+    m.vit = b = mlc.ConfigDict()
     b.embed_dim = 768
     b.depth = 12
     b.num_heads = 12
     b.mlp_ratio = 4.0
     b.patch_size = 16
     # The stored position embedding covers img_size // patch_size; it is resized (torch-exact
-    # bicubic) at run time to the input's grid when the token count differs.
+    # bicubic) at run time to the input's grid when the grid differs.
     b.img_size = (512, 512)
     b.qkv_bias = True
     b.drop_rate = 0.0
@@ -66,35 +79,40 @@ def base_config() -> mlc.ConfigDict:
     b.oce = False
     b.oce_start_layer = -1
 
+    # The Segmenter mask-transformer decode head (model.arch = "segmenter").
     m.head = h = mlc.ConfigDict()
-    h.type = "rankseg"
     h.d_model = 768
     h.num_heads = 12
     h.d_ff = 3072
-    # Number of head transformer blocks. For `tran_enc` block 0 is the multi-label encoder and
-    # blocks 1.. segment (official n_layers=3); for the other encoders all blocks segment.
+    # Number of head transformer blocks. With RankSeg's `tran_enc` encoder block 0 is the
+    # multi-label encoder and blocks 1.. segment (official n_layers=3); otherwise all blocks
+    # segment (the Segmenter baseline has 2).
     h.n_layers = 3
     h.dropout = 0.1
     h.drop_path_rate = 0.0
     h.ln_eps = 1e-5
-    h.topk = 50
-    h.downsample = 8  # adaptive-average-pool size of the multi-label encoder's patch grid
-    h.ml_encoder = "tran_enc"
-    h.temperature = "rank_adaptive"
-    h.oracle = "none"
+
+    # The RankSeg component: multi-label head, sort & select, rank-adaptive classifier.
+    m.rankseg = r = mlc.ConfigDict()
+    r.enabled = True  # False = the plain host (Segmenter baseline)
+    r.topk = 50  # kappa
+    r.ml_encoder = "tran_enc"
+    r.downsample = 8  # adaptive-average-pool size of the multi-label encoder's patch grid
+    r.temperature = "rank_adaptive"
+    r.oracle = "none"
     # Inference-time dynamic kappa: keep ranks whose sigmoid score >= threshold (at least one),
     # at most `topk`; 0 disables (static top-kappa).
-    h.dynamic_k_threshold = 0.0
+    r.dynamic_k_threshold = 0.0
     # `tran_dec` encoder (DETR-style decoder without self-attention, official ablation).
-    h.dec_num_heads = 8
-    h.dec_d_ff = 2048
-    h.dec_layers = 2
+    r.dec_num_heads = 8
+    r.dec_d_ff = 2048
+    r.dec_layers = 2
 
     # ------------------------------------------------------------------ loss
     c.loss = lo = mlc.ConfigDict()
     lo.seg_weight = 1.0
     lo.seg_average = "all_pixels"  # mmseg-0.17: ignored pixels stay in the denominator
-    lo.img_type = "asl"
+    lo.img_type = "asl"  # RankSeg's image-level (multi-label) loss
     lo.img_weight = 10.0
     lo.asl_gamma_neg = 2.0
     lo.asl_gamma_pos = 0.0
@@ -103,7 +121,7 @@ def base_config() -> mlc.ConfigDict:
 
     # ------------------------------------------------------------------ data
     c.data = d = mlc.ConfigDict()
-    d.name = "synthetic"  # see rankseg_jax/datasets.py for the registry
+    d.name = "synthetic"  # see rankseg_jax/data/registry.py for the registry
     d.root = ""  # dataset root on disk (folder layout or prepared ArrayRecord)
     d.format = "synthetic"  # "folder" | "array_record" | "synthetic"
     d.ignore_index = 255
@@ -190,7 +208,7 @@ def base_config() -> mlc.ConfigDict:
 
     # ------------------------------------------------------------------ initialisation
     c.init = i = mlc.ConfigDict()
-    c.init.resume = ""  # orbax checkpoint dir of ours to start from
+    i.resume = ""  # orbax checkpoint dir of ours to start from
     i.pretrained = ""  # backbone weights (.npz AugReg, timm .pth/.safetensors) or full .pth
     return c
 
@@ -200,84 +218,6 @@ def apply_vit_preset(config: mlc.ConfigDict, name: str) -> None:
     if name not in VIT_PRESETS:
         raise ConfigError(f"unknown ViT preset {name!r}; choose one of {sorted(VIT_PRESETS)}")
     p = VIT_PRESETS[name]
-    b, h = config.model.backbone, config.model.head
+    b, h = config.model.vit, config.model.head
     b.embed_dim, b.depth, b.num_heads = p["embed_dim"], p["depth"], p["num_heads"]
     h.d_model, h.num_heads, h.d_ff = p["embed_dim"], p["num_heads"], 4 * p["embed_dim"]
-
-
-def parse_arg(arg: str | None, **defaults) -> mlc.ConfigDict:
-    """Parses a `configs/x.py:a,b=2` argument into a dict of flags (`a` -> True)."""
-    out = mlc.ConfigDict(dict(defaults))
-    for part in filter(None, (arg or "").split(",")):
-        key, _, value = part.partition("=")
-        if key not in out:
-            raise ConfigError(f"unknown config variant {key!r}; known: {sorted(out.keys())}")
-        if not value:
-            out[key] = True
-        else:
-            out[key] = type(out[key])(value) if not isinstance(out[key], bool) else value in (
-                "1", "true", "True")
-    return out
-
-
-def _choice(value, choices, name):
-    if value not in choices:
-        raise ConfigError(f"{name}={value!r} is not one of {choices}")
-
-
-def validate(config: mlc.ConfigDict) -> None:
-    """Checks the config once, before compilation. Raises ConfigError naming the option."""
-    m, b, h = config.model, config.model.backbone, config.model.head
-    _choice(h.type, HEAD_TYPES, "model.head.type")
-    _choice(h.ml_encoder, ML_ENCODERS, "model.head.ml_encoder")
-    _choice(h.temperature, TEMPERATURES, "model.head.temperature")
-    _choice(h.oracle, ORACLES, "model.head.oracle")
-    _choice(m.dtype, DTYPES, "model.dtype")
-    _choice(config.loss.img_type, IMG_LOSSES, "loss.img_type")
-    _choice(config.loss.seg_average, SEG_AVERAGES, "loss.seg_average")
-    _choice(config.test.mode, TEST_MODES, "test.mode")
-    if m.num_classes < 1:
-        raise ConfigError(f"model.num_classes={m.num_classes} must be >= 1")
-    if b.embed_dim % b.num_heads:
-        raise ConfigError(
-            f"model.backbone.embed_dim={b.embed_dim} is not divisible by "
-            f"model.backbone.num_heads={b.num_heads}")
-    if h.d_model % h.num_heads:
-        raise ConfigError(f"model.head.d_model={h.d_model} is not divisible by "
-                          f"model.head.num_heads={h.num_heads}")
-    for name, size in (("model.backbone.img_size", b.img_size),
-                       ("data.crop_size", config.data.crop_size),
-                       ("test.crop_size", config.test.crop_size)):
-        if any(s % b.patch_size for s in size):
-            raise ConfigError(
-                f"{name}={tuple(size)} is not a multiple of the patch size {b.patch_size}")
-    if b.oce and h.d_model != b.embed_dim:
-        raise ConfigError(
-            f"model.backbone.oce needs model.head.d_model ({h.d_model}) == "
-            f"model.backbone.embed_dim ({b.embed_dim}): OCE tokens skip proj_dec")
-    if h.type == "rankseg":
-        if not 1 <= h.topk <= m.num_classes:
-            raise ConfigError(
-                f"model.head.topk={h.topk} must be in [1, model.num_classes={m.num_classes}]")
-        if h.ml_encoder == "tran_enc" and h.n_layers < 2:
-            raise ConfigError(
-                f"model.head.n_layers={h.n_layers}: the tran_enc encoder uses block 0, so at "
-                "least 2 blocks are needed")
-        if h.ml_encoder == "tran_dec" and h.d_model % h.dec_num_heads:
-            raise ConfigError(
-                f"model.head.d_model={h.d_model} is not divisible by "
-                f"model.head.dec_num_heads={h.dec_num_heads}")
-        if not 0.0 <= h.dynamic_k_threshold < 1.0:
-            raise ConfigError(
-                f"model.head.dynamic_k_threshold={h.dynamic_k_threshold} must be in [0, 1)")
-    if config.test.class_chunk < 1 or config.test.size_bucket < 1:
-        raise ConfigError(f"test.class_chunk={config.test.class_chunk} and test.size_bucket="
-                          f"{config.test.size_bucket} must be >= 1")
-    if not config.test.scales or any(r <= 0 for r in config.test.scales):
-        raise ConfigError(f"test.scales={tuple(config.test.scales)} must be non-empty and > 0")
-    if config.train.batch_size < 1 or config.train.grad_accum < 1:
-        raise ConfigError("train.batch_size and train.grad_accum must be >= 1")
-    if config.train.batch_size % config.train.grad_accum:
-        raise ConfigError(
-            f"train.batch_size={config.train.batch_size} is not divisible by "
-            f"train.grad_accum={config.train.grad_accum}")

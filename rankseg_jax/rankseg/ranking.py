@@ -133,3 +133,20 @@ def dynamic_rank_mask(ranked_scores: jax.Array, threshold: float) -> jax.Array:
     """
     keep = jax.nn.sigmoid(ranked_scores) >= threshold
     return keep.at[:, 0].set(True)
+
+
+def select(image_logits: jax.Array, k: int, *, gt_present: jax.Array | None = None,
+           dynamic_threshold: float = 0.0) -> tuple[jax.Array, jax.Array]:
+    """RankSeg's sort & select, as every host calls it.
+
+    image_logits: [B, K] multi-label logits. k: kappa. gt_present: [B, K] 0/1 (oracle
+    selection: ground-truth classes ranked first) or None. dynamic_threshold > 0 keeps only
+    the ranks whose sigmoid score reaches it (at least rank 0); shapes stay static.
+    Returns (topk_index [B, k] int32 in descending score order, rank_valid [B, k] bool).
+    """
+    scores = image_logits if gt_present is None else oracle_scores(image_logits, gt_present)
+    _, topk = select_topk(scores, k)
+    if dynamic_threshold > 0.0:
+        ranked = gather_ranked(image_logits[..., None], topk)[..., 0]
+        return topk, dynamic_rank_mask(ranked, dynamic_threshold)
+    return topk, jnp.ones(topk.shape, bool)

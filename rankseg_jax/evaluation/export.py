@@ -21,31 +21,26 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rankseg_jax import inference
-from rankseg_jax.models import segmentor as seg_lib
+from rankseg_jax.evaluation import inference, windows
 
 _OUTPUTS = ("pred", "image_logits", "topk_index")
 
 
-def inference_fn(config, model: seg_lib.Segmentor, hw: tuple[int, int]):
+def inference_fn(config, model, hw: tuple[int, int]):
     """A pure function images [B, H, W, 3] -> (pred, image_logits, topk_index) at size hw.
 
     For the Segmenter head, image_logits and topk_index are zero-sized ([B, 0]).
     """
     h, w = hw
     t = config.test
-    boxes = ([(0, h, 0, w)] if t.mode == "whole"
-             else seg_lib.slide_windows(h, w, tuple(t.crop_size), tuple(t.stride)))
+    boxes = windows.window_boxes(t.mode, h, w, t.crop_size, t.stride)
     graphdef, state = nnx.split(model)
     k = config.model.num_classes
-    patch = config.model.backbone.patch_size
-    rows = inference.axis_counts(h, [(b[0], b[1]) for b in boxes])
-    cols = inference.axis_counts(w, [(b[2], b[3]) for b in boxes])
-    ah = np.stack([inference.window_matrices(-(-(b[1] - b[0]) // patch), b[:2], h, rows, h, h)
-                   for b in boxes]).astype(np.float32)
-    aw = np.stack([inference.window_matrices(-(-(b[3] - b[2]) // patch), b[2:], w, cols, w, w)
-                   for b in boxes]).astype(np.float32)
-    kappa = config.model.head.topk if model.is_rankseg else 0
+    patch = config.model.vit.patch_size
+    y1, y2, x1, x2 = boxes[0]  # every window of a view has the same size
+    grids = (-(-(y2 - y1) // patch), -(-(x2 - x1) // patch))
+    ah, aw = (m.astype(np.float32) for m in windows.view_matrices(boxes, hw, grids, hw, hw))
+    kappa = config.model.rankseg.topk if model.is_rankseg else 0
 
     def fn(images):
         m = nnx.merge(graphdef, state)
@@ -68,7 +63,7 @@ def inference_fn(config, model: seg_lib.Segmentor, hw: tuple[int, int]):
     return fn
 
 
-def export_inference(config, model: seg_lib.Segmentor, hw: tuple[int, int], *,
+def export_inference(config, model, hw: tuple[int, int], *,
                      batch: int | None = None) -> jax.export.Exported:
     """Exports the inference function for input [B, H, W, 3] float32.
 

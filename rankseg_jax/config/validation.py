@@ -1,0 +1,190 @@
+"""`validate(config)`: every check that can be done before compiling, in one place.
+
+Called once by the entry points (train, eval, predict, convert, export) before anything is
+built. Raises `ConfigError` naming the option at fault. Code that runs later trusts the
+validated config and does not re-check it.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+
+import ml_collections as mlc
+
+from rankseg_jax.config import schema
+from rankseg_jax.config.schema import ConfigError
+
+
+def _choice(value, choices, name: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is not one of {choices}")
+
+
+def _positive_pair(value, name: str) -> None:
+    if len(tuple(value)) != 2 or any(int(v) < 1 for v in value):
+        raise ConfigError(f"{name}={tuple(value)} must be two positive sizes (height, width)")
+
+
+def _finite(value, name: str, *, low: float | None = None, high: float | None = None,
+            low_open: bool = False) -> None:
+    """value must be a finite number in [low, high] (or (low, high] with low_open)."""
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{name}={value!r} must be a finite number")
+    if low is not None and (value < low or (low_open and value == low)):
+        bracket = "(" if low_open else "["
+        raise ConfigError(f"{name}={value} must be in {bracket}{low}, "
+                          f"{'inf' if high is None else high}]")
+    if high is not None and value > high:
+        raise ConfigError(f"{name}={value} must be <= {high}")
+
+
+def validate_model(config: mlc.ConfigDict) -> None:
+    """The model, loss and test sections (no devices or files involved)."""
+    m, b, h, r = config.model, config.model.vit, config.model.head, config.model.rankseg
+    _choice(m.arch, schema.ARCHS, "model.arch")
+    _choice(m.backbone, schema.BACKBONES, "model.backbone")
+    _choice(m.dtype, schema.DTYPES, "model.dtype")
+    _choice(r.ml_encoder, schema.ML_ENCODERS, "model.rankseg.ml_encoder")
+    _choice(r.temperature, schema.TEMPERATURES, "model.rankseg.temperature")
+    _choice(r.oracle, schema.ORACLES, "model.rankseg.oracle")
+    _choice(config.loss.img_type, schema.IMG_LOSSES, "loss.img_type")
+    _choice(config.loss.seg_average, schema.SEG_AVERAGES, "loss.seg_average")
+    _choice(config.test.mode, schema.TEST_MODES, "test.mode")
+    if m.num_classes < 1:
+        raise ConfigError(f"model.num_classes={m.num_classes} must be >= 1")
+    if b.embed_dim % b.num_heads:
+        raise ConfigError(f"model.vit.embed_dim={b.embed_dim} is not divisible by "
+                          f"model.vit.num_heads={b.num_heads}")
+    if h.d_model % h.num_heads:
+        raise ConfigError(f"model.head.d_model={h.d_model} is not divisible by "
+                          f"model.head.num_heads={h.num_heads}")
+    for name, size in (("model.vit.img_size", b.img_size),
+                       ("data.crop_size", config.data.crop_size),
+                       ("test.crop_size", config.test.crop_size)):
+        _positive_pair(size, name)
+        if any(s % b.patch_size for s in size):
+            raise ConfigError(
+                f"{name}={tuple(size)} is not a multiple of the patch size {b.patch_size}")
+    _positive_pair(config.test.stride, "test.stride")
+    if b.oce and h.d_model != b.embed_dim:
+        raise ConfigError(
+            f"model.vit.oce needs model.head.d_model ({h.d_model}) == "
+            f"model.vit.embed_dim ({b.embed_dim}): OCE tokens skip proj_dec")
+    if r.enabled:
+        if not 1 <= r.topk <= m.num_classes:
+            raise ConfigError(
+                f"model.rankseg.topk={r.topk} must be in [1, model.num_classes={m.num_classes}]")
+        if r.ml_encoder == "tran_enc" and h.n_layers < 2:
+            raise ConfigError(
+                f"model.head.n_layers={h.n_layers}: the tran_enc encoder uses block 0, so at "
+                "least 2 blocks are needed")
+        if r.ml_encoder != "tran_enc" and b.oce:
+            raise ConfigError(
+                f"model.rankseg.ml_encoder={r.ml_encoder!r} gathers the head's own class "
+                "embeddings; it cannot be combined with backbone class tokens (model.vit.oce)")
+        if r.ml_encoder == "tran_dec" and h.d_model % r.dec_num_heads:
+            raise ConfigError(
+                f"model.head.d_model={h.d_model} is not divisible by "
+                f"model.rankseg.dec_num_heads={r.dec_num_heads}")
+        _finite(r.dynamic_k_threshold, "model.rankseg.dynamic_k_threshold", low=0.0)
+        if r.dynamic_k_threshold >= 1.0:
+            raise ConfigError(f"model.rankseg.dynamic_k_threshold={r.dynamic_k_threshold} "
+                              "must be in [0, 1)")
+    elif r.oracle != "none":
+        raise ConfigError(f"model.rankseg.oracle={r.oracle!r} needs model.rankseg.enabled")
+    if config.test.class_chunk < 1 or config.test.size_bucket < 1:
+        raise ConfigError(f"test.class_chunk={config.test.class_chunk} and test.size_bucket="
+                          f"{config.test.size_bucket} must be >= 1")
+    if not config.test.scales or any(r <= 0 for r in config.test.scales):
+        raise ConfigError(f"test.scales={tuple(config.test.scales)} must be non-empty and > 0")
+
+
+def validate_optim(config: mlc.ConfigDict) -> None:
+    """Optimizer and schedule options."""
+    o = config.optim
+    _choice(o.name, schema.OPTIMIZERS, "optim.name")
+    _choice(o.schedule, schema.SCHEDULES, "optim.schedule")
+    _finite(o.lr, "optim.lr", low=0.0, low_open=True)
+    if o.warmup_steps < 0 or o.warmup_steps >= max(config.train.steps, 1) and o.warmup_steps:
+        raise ConfigError(f"optim.warmup_steps={o.warmup_steps} must be in [0, train.steps)")
+    for item in o.decay_mult:
+        if len(item) != 2 or not isinstance(item[0], str):
+            raise ConfigError(f"optim.decay_mult entry {item!r} is not a (substring, mult) pair")
+
+
+def validate_data(config: mlc.ConfigDict, *, check_files: bool = True) -> None:
+    """Dataset name, format and label conventions against the registry; the root exists."""
+    from rankseg_jax.data import registry  # light: no jax, no grain
+
+    d = config.data
+    _choice(d.format, schema.DATA_FORMATS, "data.format")
+    _choice(d.bad_example_policy, schema.BAD_EXAMPLE_POLICIES, "data.bad_example_policy")
+    try:
+        registry.dataset_info(config)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    if check_files and d.format in ("folder", "array_record"):
+        if not d.root or not pathlib.Path(d.root).exists():
+            raise ConfigError(
+                f"data.root={d.root!r} does not exist. Prepare the dataset first, e.g.\n"
+                f"  python -m data.prepare --dataset={d.name} --src=/path/to/download "
+                f"--out=data/{d.name}\nand set --config.data.root=data/{d.name} "
+                "(see data/README.md for where to download it)")
+
+
+def validate_train(config: mlc.ConfigDict, num_devices: int, process_count: int, *,
+                   check_files: bool = True) -> None:
+    """Batch sizes against the mesh and processes; intervals; initial-weight paths."""
+    from rankseg_jax import sharding  # imports jax; only needed for the mesh arithmetic
+
+    try:
+        mesh_sizes = sharding.mesh_shape(config, num_devices)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    dp = mesh_sizes[0] * mesh_sizes[1]
+    t = config.train
+    if t.batch_size < 1 or t.grad_accum < 1:
+        raise ConfigError("train.batch_size and train.grad_accum must be >= 1")
+    if t.batch_size % t.grad_accum:
+        raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by "
+                          f"train.grad_accum={t.grad_accum}")
+    if t.batch_size % dp:
+        raise ConfigError(
+            f"train.batch_size={t.batch_size} is not divisible by the data-parallel size "
+            f"mesh.data*mesh.fsdp={dp}")
+    if (t.batch_size // t.grad_accum) % dp:
+        raise ConfigError(
+            f"train.batch_size/train.grad_accum={t.batch_size // t.grad_accum} (the micro-batch) "
+            f"is not divisible by the data-parallel size mesh.data*mesh.fsdp={dp}")
+    if t.batch_size % process_count:
+        raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by the process "
+                          f"count {process_count}")
+    for name in ("steps", "log_every", "ckpt_every"):
+        if t[name] < 1:
+            raise ConfigError(f"train.{name}={t[name]} must be >= 1")
+    if t.eval_every < 0:
+        raise ConfigError(f"train.eval_every={t.eval_every} must be >= 0 (0 = never)")
+    for name in ("resume", "pretrained"):
+        path = config.init[name]
+        if check_files and path and not pathlib.Path(path).exists():
+            raise ConfigError(f"init.{name}={path!r} does not exist")
+
+
+def validate(config: mlc.ConfigDict, *, num_devices: int | None = None,
+             process_count: int | None = None, check_files: bool = True) -> None:
+    """Checks the whole config once, before compilation.
+
+    num_devices / process_count: the run's devices and processes (default: jax's). With
+    check_files=False, dataset roots and initial-weight paths are not looked up (for tools
+    that only build models, e.g. conversion). Raises ConfigError naming the option.
+    """
+    validate_model(config)
+    validate_optim(config)
+    validate_data(config, check_files=check_files)
+    if num_devices is None or process_count is None:
+        import jax
+
+        num_devices = num_devices or jax.device_count()
+        process_count = process_count or jax.process_count()
+    validate_train(config, num_devices, process_count, check_files=check_files)

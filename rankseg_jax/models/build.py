@@ -1,0 +1,75 @@
+"""`build_model(config)`: the model described by `config.model`, dispatched by type name.
+
+`model.arch` names the meta-architecture (the RankSeg host), `model.backbone` the backbone;
+each builder reads its frozen config dataclass once from the ConfigDict. Parameter paths are
+a public contract (docs/parameters.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+from flax import nnx
+
+from rankseg_jax.models import segmentors
+from rankseg_jax.models.backbones import vit
+from rankseg_jax.models.heads import segmenter
+from rankseg_jax.rankseg.config import RankSegConfig
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def _vit(config: mlc.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
+    m = config.model
+    return vit.ViT(vit.ViTConfig.from_config(m), dtype=DTYPES[m.dtype], remat=m.remat,
+                   rngs=rngs)
+
+
+BACKBONES: dict[str, Callable[[mlc.ConfigDict, nnx.Rngs], nnx.Module]] = {"vit": _vit}
+
+
+def _segmenter(config: mlc.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
+    m = config.model
+    rankseg = RankSegConfig.from_config(m.rankseg)
+    backbone = BACKBONES[m.backbone](config, rngs)
+    head = segmenter.MaskTransformerHead(segmenter.MaskTransformerConfig.from_config(m),
+                                         rankseg, dtype=DTYPES[m.dtype], remat=m.remat,
+                                         rngs=rngs)
+    return segmentors.EncoderDecoder(backbone, head, num_classes=m.num_classes,
+                                     rankseg=rankseg)
+
+
+ARCHS: dict[str, Callable[[mlc.ConfigDict, nnx.Rngs], nnx.Module]] = {
+    "segmenter": _segmenter}
+
+
+def build_model(config: mlc.ConfigDict, rngs: nnx.Rngs | None = None) -> nnx.Module:
+    """Builds the model of `config.model` with the official random init (validated config).
+
+    rngs: parameter initialisation keys (default: nnx.Rngs(config.seed)).
+    """
+    rngs = rngs if rngs is not None else nnx.Rngs(config.seed)
+    return ARCHS[config.model.arch](config, rngs)
+
+
+def abstract_model(config: mlc.ConfigDict) -> tuple[nnx.GraphDef, dict]:
+    """(graphdef, abstract params) of the model, without allocating anything.
+
+    The abstract params are a nested dict of jax.ShapeDtypeStruct (`nnx.Param` state as a
+    pure dict); `nnx.merge(graphdef, params)` rebuilds the model around real params.
+    """
+    model = nnx.eval_shape(lambda: build_model(config))
+    graphdef, state = nnx.split(model, nnx.Param)
+    rest = nnx.state(model, nnx.Not(nnx.Param))
+    if jax.tree.leaves(rest):
+        raise ValueError("the model has non-Param state, which params-only code does not "
+                         f"carry: {jax.tree.map(jnp.shape, rest)}")
+    return graphdef, nnx.to_pure_dict(state)
+
+
+def init_params(config: mlc.ConfigDict) -> dict:
+    """Params of a freshly initialised model (nested dict of jax arrays)."""
+    return nnx.to_pure_dict(nnx.state(build_model(config), nnx.Param))
