@@ -9,7 +9,7 @@ cover, so here it must reproduce every fixture array it covers:
   the 8 Swin blocks, 2 encoder and 4 decoder layers, up to ~8e-5 on the deepest logits): 1e-4;
 * boolean / integer outputs (attention masks, ranking, segments) exactly; panoptic maps exactly
   except at pixels whose top-1/top-2 panoptic probability gap is below the float32 noise (the
-  fixture README documents 2 such pixels in ``pan_rankseg`` img0).
+  fixture's ``manifest.json["panoptic_stats"]`` records 2 such pixels in ``pan_rankseg`` img0).
 
 Run with ``-s`` to see the measured max differences.
 """

@@ -1,10 +1,10 @@
 """Independent NumPy float64 reference of the official Mask2Former (+RankSeg) forward and inference.
 
-Written from the behaviour of the official code (``openseg-group/RankSeg`` folder ``mask2former/``
-at ``dc6a08e5``, a fork of facebookresearch/Mask2Former, on detectron2 ``02b5c4e2``) as described
-in the fixture README of ``tests/fixtures/official_mask2former``; it does **not** look at
-``rankseg_jax``. Official source lines are cited as ``file.py:line`` relative to the
-``mask2former/mask2former/`` package (``d2:`` = detectron2).
+Written from the documented behaviour of the official code (``openseg-group/RankSeg`` folder
+``mask2former/`` at ``dc6a08e5``, a fork of facebookresearch/Mask2Former, on detectron2
+``02b5c4e2``) and checked against the official fixtures in ``tests/fixtures/official_mask2former``;
+it does **not** look at ``rankseg_jax``. Official source lines are cited as ``file.py:line``
+relative to the ``mask2former/mask2former/`` package (``d2:`` = detectron2).
 
 Everything is float64 and operates directly on an **official state dict**
 (``{official key: np.ndarray}``, e.g. ``torch.load(p)["model"]`` as numpy, see
