@@ -84,6 +84,17 @@ def test_jit_matches_eager():
     np.testing.assert_allclose(jitted["res2"], eager["res2"], atol=1e-5, rtol=0)
 
 
+def test_bfloat16_compute_keeps_float32_params_and_tracks_float32():
+    one_stage = dict(depths=(2,), num_heads=(2,))
+    x = _images(1, 12, 16)
+    ref = _forward(_random_model(**one_stage), x)["res2"]
+    model = _random_model(dtype=jnp.bfloat16, **one_stage)
+    assert all(v.dtype == jnp.float32 for v in official.model_params(model).values())
+    out = _forward(model, x)["res2"]
+    assert out.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(out, np.float32), ref, atol=0.1, rtol=0)
+
+
 def test_drop_path_needs_a_key():
     one_stage = dict(depths=(2,), num_heads=(1,))  # rates linspace(0, 0.5, 2) = [0, 0.5]
     model = _random_model(drop_path_rate=0.5, **one_stage)

@@ -99,16 +99,16 @@ def window_reverse(windows: jax.Array, height: int, width: int) -> jax.Array:
 
 
 @functools.lru_cache(maxsize=64)
-def shift_window_mask(padded_h: int, padded_w: int, window_size: int,
-                      shift: int) -> np.ndarray:
-    """The official SW-MSA mask (`swin.py:414-440`): [nW, ws^2, ws^2] float32, 0 or -100.
+def shift_window_labels(padded_h: int, padded_w: int, window_size: int,
+                        shift: int) -> np.ndarray:
+    """Region label of every token of every shifted window: [nW, ws^2] int32.
 
-    Regions of the padded (Hp, Wp) grid: rows [0, Hp-ws), [Hp-ws, Hp-shift), [Hp-shift, Hp),
-    columns likewise, label = 3*row_region + col_region; two tokens of a window may attend
-    only if their labels agree. Padded rows/cols are not special (official behaviour).
+    As official (`swin.py:414-433`): regions of the padded (Hp, Wp) grid are rows
+    [0, Hp-ws), [Hp-ws, Hp-shift), [Hp-shift, Hp), columns likewise, label = 3*row_region +
+    col_region, cut into windows like `window_partition`. Padded rows/cols are not special.
     """
     ws, s = window_size, shift
-    img = np.zeros((padded_h, padded_w), np.float32)
+    img = np.zeros((padded_h, padded_w), np.int32)
     slices = (slice(0, -ws), slice(-ws, -s), slice(-s, None))
     cnt = 0
     for hs in slices:
@@ -116,11 +116,23 @@ def shift_window_mask(padded_h: int, padded_w: int, window_size: int,
             img[hs, wsl] = cnt
             cnt += 1
     labels = img.reshape(padded_h // ws, ws, padded_w // ws, ws).transpose(0, 2, 1, 3)
-    labels = labels.reshape(-1, ws * ws)
-    diff = labels[:, None, :] - labels[:, :, None]
-    out = np.where(diff != 0, SHIFT_MASK_VALUE, 0.0).astype(np.float32)
-    out.setflags(write=False)
-    return out
+    labels = np.ascontiguousarray(labels.reshape(-1, ws * ws))
+    labels.setflags(write=False)
+    return labels
+
+
+def mask_from_labels(labels):
+    """[nW, N] region labels -> additive mask [nW, N, N]: 0 where the labels of query i and
+    key j agree, else -100 (`swin.py:434-440`). numpy in, numpy out; jax in, jax out."""
+    xp = np if isinstance(labels, np.ndarray) else jnp
+    return xp.where(labels[:, None, :] != labels[:, :, None], xp.float32(SHIFT_MASK_VALUE),
+                    xp.float32(0.0))
+
+
+def shift_window_mask(padded_h: int, padded_w: int, window_size: int,
+                      shift: int) -> np.ndarray:
+    """The official SW-MSA `attn_mask` buffer: [nW, ws^2, ws^2] float32, 0 or -100."""
+    return mask_from_labels(shift_window_labels(padded_h, padded_w, window_size, shift))
 
 
 def _pad_to(x: jax.Array, height: int, width: int) -> jax.Array:
@@ -153,7 +165,7 @@ class WindowAttention(nnx.Module):
         table = self.relative_position_bias_table[...].astype(jnp.float32)
         return table[idx].reshape(n, n, self.num_heads).transpose(2, 0, 1)
 
-    def __call__(self, x: jax.Array, mask: np.ndarray | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         """x: [B, nW, N, C] windows; mask: [nW, N, N] additive (0 / -100) or None.
 
         Returns [B, nW, N, C]. Softmax in float32 whatever the compute dtype.
@@ -168,7 +180,7 @@ class WindowAttention(nnx.Module):
         logits = jnp.einsum("bwqhd,bwkhd->bwhqk", q, k).astype(jnp.float32)
         logits = logits + self.relative_bias()
         if mask is not None:
-            logits = logits + jnp.asarray(mask)[None, :, None]
+            logits = logits + mask[None, :, None]
         probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
         y = jnp.einsum("bwhqk,bwkhd->bwqhd", probs, v).reshape(b, nw, n, c)
         return self.out(y)
@@ -202,7 +214,8 @@ class SwinBlock(nnx.Module):
         mask = None
         if s:
             y = jnp.roll(y, (-s, -s), axis=(1, 2))
-            mask = shift_window_mask(hp, wp, ws, s)
+            # Built in the graph from the small label constant (not a [nW, N, N] constant).
+            mask = mask_from_labels(jnp.asarray(shift_window_labels(hp, wp, ws, s)))
         y = window_reverse(self.attn(window_partition(y, ws), mask), hp, wp)
         if s:
             y = jnp.roll(y, (s, s), axis=(1, 2))
