@@ -449,22 +449,33 @@ def export_state_dict(params: Mapping[tuple, np.ndarray],
     buffers (TranDec sine table) are recomputed. Raises CheckpointMismatch if a mapped
     parameter is absent.
     """
-    rows = mapping_table(config)
+    values = export_rows(params, mapping_table(config))
+    values.update(official_buffers(config))
+    return {k: np.ascontiguousarray(values[k]) for k in official_key_order(config)}
+
+
+def export_rows(params: Mapping[tuple, np.ndarray], rows: list[Row]) -> dict[str, np.ndarray]:
+    """{our path: array} -> {source key: float32 array} for every key of `rows` (inverse of
+    `map_state_dict` for these rows), in the order the keys first appear in `rows`.
+
+    Fused `qkv_*` rows are re-assembled into one [3d, d] weight / [3d] bias (q|k|v). Raises
+    CheckpointMismatch if a mapped parameter is absent from `params`.
+    """
     missing = [param_paths.path_name(r.path) for r in rows if r.path not in params]
     if missing:
         raise CheckpointMismatch(f"params lack mapped entries: {missing}")
-    values: dict[str, np.ndarray] = {}
+    values: dict[str, np.ndarray | None] = {}
     fused: dict[str, dict[str, np.ndarray]] = {}
     for row in rows:
         value = np.asarray(params[row.path], np.float32)
         if row.kind.startswith("qkv_"):
             fused.setdefault(row.key, {})[row.kind[-1]] = value.T if value.ndim == 2 else value
+            values.setdefault(row.key, None)
         else:
             values[row.key] = from_ours(value, row.kind)
     for key, parts in fused.items():
         values[key] = np.concatenate([parts[p] for p in QKV], axis=0)
-    values.update(official_buffers(config))
-    return {k: np.ascontiguousarray(values[k]) for k in official_key_order(config)}
+    return {k: np.ascontiguousarray(v) for k, v in values.items()}
 
 
 def write_pth(path: str | pathlib.Path, state_dict: Mapping[str, np.ndarray],

@@ -1,0 +1,1 @@
+"""Backbones other than the Segmenter ViT (`rankseg_jax.models.vit`)."""
