@@ -1,0 +1,1 @@
+"""Official-checkpoint mapping tables of model parts (rows for `convert.official`)."""
