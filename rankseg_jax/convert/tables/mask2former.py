@@ -20,6 +20,14 @@ def _conv(rows: list[Row], ours: tuple, theirs: str, bias: bool) -> None:
         rows.append(Row(ours + ("bias",), f"{theirs}.bias", IDENTITY))
 
 
+def msdeform_attn_rows(ours: tuple, theirs: str) -> list[Row]:
+    """Rows of one `MSDeformAttn` (four Linears) at our path `ours` / official prefix `theirs`."""
+    rows: list[Row] = []
+    for name in ("sampling_offsets", "attention_weights", "value_proj", "output_proj"):
+        _linear(rows, ours + (name,), f"{theirs}.{name}")
+    return rows
+
+
 def pixel_decoder_rows(num_encoder_layers: int, *, ours: tuple = ("pixel_decoder",),
                        theirs: str = "sem_seg_head.pixel_decoder") -> list[Row]:
     """Rows of `MSDeformAttnPixelDecoder` with `num_encoder_layers` deformable layers.
@@ -33,8 +41,7 @@ def pixel_decoder_rows(num_encoder_layers: int, *, ours: tuple = ("pixel_decoder
     rows.append(Row(ours + ("level_embed",), f"{theirs}.transformer.level_embed", IDENTITY))
     for j in range(num_encoder_layers):
         o, t = ours + ("encoder_layers", j), f"{theirs}.transformer.encoder.layers.{j}"
-        for name in ("sampling_offsets", "attention_weights", "value_proj", "output_proj"):
-            _linear(rows, o + ("self_attn", name), f"{t}.self_attn.{name}")
+        rows += msdeform_attn_rows(o + ("self_attn",), f"{t}.self_attn")
         _norm(rows, o + ("norm1",), f"{t}.norm1")
         _linear(rows, o + ("linear1",), f"{t}.linear1")
         _linear(rows, o + ("linear2",), f"{t}.linear2")
