@@ -20,8 +20,9 @@ import pathlib
 import ml_collections as mlc
 from flax import nnx
 
-from rankseg_jax.convert import formats, official
-from rankseg_jax.convert.official import CheckpointMismatch, Report  # noqa: F401
+from rankseg_jax.convert import engine, formats, torch_io
+from rankseg_jax.convert.engine import CheckpointMismatch, Report  # noqa: F401
+from rankseg_jax.convert.tables import mmseg
 
 FORMATS = formats.FORMATS
 
@@ -40,7 +41,7 @@ def read_checkpoint(path: str | pathlib.Path, config: mlc.ConfigDict,
                     reset_head: bool = False) -> tuple[dict, Report]:
     """Reads and converts `path` for a model built from `config`.
 
-    expected: our path -> shape (`official.param_shapes(model)`). fmt: 'auto' detects from the
+    expected: our path -> shape (`engine.param_shapes(model)`). fmt: 'auto' detects from the
     extension and keys, else one of FORMATS. allow_partial=None allows missing parameters
     exactly for backbone-only formats (timm, npz), as backbone initialisation does.
     Returns ({our path: array}, Report).
@@ -71,9 +72,9 @@ def load_pretrained(model: nnx.Module, path: str | pathlib.Path, config: mlc.Con
     reset_head=True keeps the model's fresh head even if the source has one (class-count or
     head-variant change). Raises CheckpointMismatch naming every offending key.
     """
-    params, report = read_checkpoint(path, config, official.param_shapes(model), fmt=fmt,
+    params, report = read_checkpoint(path, config, engine.param_shapes(model), fmt=fmt,
                                      allow_partial=allow_partial, reset_head=reset_head)
-    official.load_into(model, params)
+    engine.load_into(model, params)
     return report
 
 
@@ -92,9 +93,9 @@ def export_official(model: nnx.Module, config: mlc.ConfigDict, path: str | pathl
     The state dict has exactly the official keys, shapes and order of the configured variant
     (loadable with strict=True). Returns the numpy state dict.
     """
-    sd = official.export_state_dict(official.model_params(model), config)
+    sd = mmseg.export_state_dict(engine.model_params(model), config)
     info = {"exported_by": "rankseg_jax", "time": datetime.datetime.now().isoformat(),
             "mmseg_version": "0.17.0", "config_summary": config_summary(config)}
     info.update(meta or {})
-    official.write_pth(path, sd, info)
+    torch_io.write_pth(path, sd, info)
     return sd

@@ -27,7 +27,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from rankseg_jax.convert.official import CheckpointMismatch, tensors_to_numpy
+from rankseg_jax.convert.engine import CheckpointMismatch
+from rankseg_jax.convert.torch_io import tensors_to_numpy
 
 
 def _numpy_global(module: str, name: str):

@@ -1,9 +1,9 @@
 """Source formats other than official mmseg: reading, detection and mapping tables.
 
 Every format has an explicit table (our path, source key, transform kind) built from the
-config, and the shared engine `official.map_state_dict` does the checking. Formats:
+config, and the shared engine `engine.map_state_dict` does the checking. Formats:
 
-  mmseg      official RankSeg / mmseg-0.17 `.pth` (`official.py`): backbone + decode head.
+  mmseg      official RankSeg / mmseg-0.17 `.pth` (`mmseg.py`): backbone + decode head.
   segmenter  original Segmenter (rstrudel/segmenter) `{'model': sd}` with `encoder.*` /
              `decoder.*`: backbone + Segmenter mask-transformer head. Encoder LN eps 1e-5.
   timm       timm ViT (`.pth`, `.bin`, `.safetensors`): backbone only.
@@ -21,8 +21,8 @@ from collections.abc import Mapping
 import ml_collections as mlc
 import numpy as np
 
-from rankseg_jax.convert import official
-from rankseg_jax.convert.official import (
+from rankseg_jax.convert import engine, torch_io
+from rankseg_jax.convert.engine import (
     CONV,
     HEADS_BIAS,
     HEADS_IN,
@@ -31,6 +31,7 @@ from rankseg_jax.convert.official import (
     CheckpointMismatch,
     Row,
 )
+from rankseg_jax.convert.tables import mmseg
 
 FORMATS = ("mmseg", "segmenter", "timm", "npz")
 BACKBONE_ONLY = ("timm", "npz")
@@ -53,15 +54,15 @@ def timm_backbone_rows(config: mlc.ConfigDict, prefix: str = "") -> list[Row]:
             Row(("backbone", "patch_embed", "bias"), f"{prefix}patch_embed.proj.bias", IDENTITY)]
     for i in range(b.depth):
         ours, theirs = ("backbone", "layers", i), f"{prefix}blocks.{i}"
-        official._norm(rows, ours + ("norm1",), f"{theirs}.norm1")
-        official._fused_qkv(rows, ours + ("attn",), f"{theirs}.attn.qkv.weight",
+        engine.norm_rows(rows, ours + ("norm1",), f"{theirs}.norm1")
+        engine.fused_qkv_rows(rows, ours + ("attn",), f"{theirs}.attn.qkv.weight",
                             f"{theirs}.attn.qkv.bias")
-        official._linear(rows, ours + ("attn", "out"), f"{theirs}.attn.proj")
-        official._norm(rows, ours + ("norm2",), f"{theirs}.norm2")
-        official._linear(rows, ours + ("mlp", "fc1"), f"{theirs}.mlp.fc1")
-        official._linear(rows, ours + ("mlp", "fc2"), f"{theirs}.mlp.fc2")
+        engine.linear_rows(rows, ours + ("attn", "out"), f"{theirs}.attn.proj")
+        engine.norm_rows(rows, ours + ("norm2",), f"{theirs}.norm2")
+        engine.linear_rows(rows, ours + ("mlp", "fc1"), f"{theirs}.mlp.fc1")
+        engine.linear_rows(rows, ours + ("mlp", "fc2"), f"{theirs}.mlp.fc2")
     if b.final_norm:
-        official._norm(rows, ("backbone", "final_norm"), f"{prefix}norm")
+        engine.norm_rows(rows, ("backbone", "final_norm"), f"{prefix}norm")
     if b.oce:  # no source has it: listed so that it is reported (kept at init, zeros)
         rows.append(Row(("backbone", "cls_emb"), f"{prefix}cls_emb", IDENTITY))
     return rows
@@ -75,7 +76,7 @@ def segmenter_rows(config: mlc.ConfigDict) -> list[Row]:
     """
     rows = timm_backbone_rows(config, "encoder.")
     rows += [Row(r.path, "decoder." + r.key[len("decode_head."):], r.kind)
-             for r in official.head_rows(config)]
+             for r in mmseg.head_rows(config)]
     return rows
 
 
@@ -116,7 +117,7 @@ def npz_rows(config: mlc.ConfigDict) -> list[Row]:
 
 def backbone_only_head_rows(config: mlc.ConfigDict, prefix: str) -> list[Row]:
     """Rows for the head params, under a prefix no backbone source has: reported missing."""
-    return [Row(r.path, prefix + r.key, r.kind) for r in official.head_rows(config)]
+    return [Row(r.path, prefix + r.key, r.kind) for r in mmseg.head_rows(config)]
 
 
 # ------------------------------------------------------------------------------ reading
@@ -145,7 +146,7 @@ def read_torch(path: str | pathlib.Path) -> tuple[dict[str, np.ndarray], list[st
     # e.g. 'optimizer', 'meta', 'epoch', 'lr_scheduler': not carried.
     extra = [f"top-level entry {k!r}" for k in obj if k != container] if container else []
     extra += [f"non-tensor entry {k!r}" for k, v in sd.items() if not hasattr(v, "detach")]
-    return strip_prefixes(official.tensors_to_numpy(sd)), extra
+    return strip_prefixes(torch_io.tensors_to_numpy(sd)), extra
 
 
 def read_safetensors(path: str | pathlib.Path) -> dict[str, np.ndarray]:
@@ -156,7 +157,7 @@ def read_safetensors(path: str | pathlib.Path) -> dict[str, np.ndarray]:
     except (TypeError, ValueError):  # bfloat16 has no numpy dtype: go through torch
         from safetensors.torch import load_file as load_torch
 
-        sd = official.tensors_to_numpy(load_torch(str(path)))
+        sd = torch_io.tensors_to_numpy(load_torch(str(path)))
     return strip_prefixes(sd)
 
 
@@ -204,7 +205,7 @@ def detect_format(sd: Mapping[str, np.ndarray], path: str | pathlib.Path = "") -
 
 # ------------------------------------------------------------------------------ converting
 
-def check_eps(config: mlc.ConfigDict, fmt: str, report: official.Report) -> None:
+def check_eps(config: mlc.ConfigDict, fmt: str, report: engine.Report) -> None:
     """The source's backbone LayerNorm eps must match model.vit.ln_eps."""
     want = 1e-5 if fmt == "segmenter" else 1e-6
     have = config.model.vit.ln_eps
@@ -227,10 +228,10 @@ def check_npz_heads(sd: Mapping[str, np.ndarray], config: mlc.ConfigDict, source
 def convert(sd: Mapping[str, np.ndarray], config: mlc.ConfigDict, fmt: str, *,
             expected: Mapping[tuple, tuple] | None, allow_partial: bool = False,
             reset_head: bool = False, source: str = "checkpoint"
-            ) -> tuple[dict[tuple, np.ndarray], official.Report]:
+            ) -> tuple[dict[tuple, np.ndarray], engine.Report]:
     """Converts a flat state dict of format `fmt` to {our path: array} plus a Report."""
     if fmt == "mmseg":
-        params, report = official.convert_state_dict(
+        params, report = mmseg.convert_state_dict(
             sd, config, expected, source, allow_partial=allow_partial, reset_head=reset_head,
             return_report=True)
         check_eps(config, fmt, report)
@@ -254,10 +255,11 @@ def convert(sd: Mapping[str, np.ndarray], config: mlc.ConfigDict, fmt: str, *,
         head_prefixes = ()
     else:
         raise ValueError(f"unknown format {fmt!r}; choose one of {FORMATS}")
-    report = official.Report(source=source, format=fmt)
+    report = engine.Report(source=source, format=fmt)
     check_eps(config, fmt, report)
-    params, rep = official.map_state_dict(
-        sd, rows, expected=expected, config=config, ignored=ignored,
+    params, rep = engine.map_state_dict(
+        sd, rows, expected=expected, pos_embed_grid=mmseg.config_grid(config),
+        class_dependent=mmseg.is_class_dependent, ignored=ignored,
         allow_partial=allow_partial, reset_head=reset_head, head_prefixes=head_prefixes,
         source=source, fmt=fmt)
     rep.warnings = report.warnings + rep.warnings

@@ -1,7 +1,8 @@
-"""Losses with the official (mmseg-0.17) numerics: cross-entropy, AsymmetricLoss, BCE.
+"""Segmenter's training losses with the official (mmseg-0.17) numerics.
 
 `segmentation_losses` is the one entry point the trainer uses: it takes the model's output
-dict and the label crops and returns named scalars (`loss` is the total).
+dict and the label crops and returns named scalars (`loss` is the total). The pixel loss is
+mmseg's cross-entropy; RankSeg's image-level loss comes from `rankseg_jax.rankseg.losses`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import jax.numpy as jnp
 import ml_collections as mlc
 
 from rankseg_jax import resize
+from rankseg_jax.rankseg import losses as rankseg_losses
 from rankseg_jax.rankseg import ranking
 
 
@@ -31,9 +33,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int,
     total = jnp.where(valid, nll, 0.0).sum()
     if average == "all_pixels":
         return total / labels.size
-    if average == "valid_pixels":
-        return total / jnp.maximum(valid.sum(), 1)
-    raise ValueError(f"loss.seg_average={average!r} is not 'all_pixels' or 'valid_pixels'")
+    return total / jnp.maximum(valid.sum(), 1)  # 'valid_pixels' (loss.seg_average is validated)
 
 
 def pixel_accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -42,49 +42,6 @@ def pixel_accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     logits: [B, C, H, W]; labels: [B, H, W]. Returns a float32 scalar in [0, 100].
     """
     return 100.0 * (jnp.argmax(logits, axis=1) == labels).mean()
-
-
-def asymmetric_loss(logits: jax.Array, targets: jax.Array, *, gamma_neg: float = 4.0,
-                    gamma_pos: float = 1.0, clip: float = 0.05, eps: float = 1e-5) -> jax.Array:
-    """Official AsymmetricLoss (Ridnik et al.), mean over all B*K entries.
-
-    logits, targets: [B, K] (targets 0/1). p = sigmoid(x), p_neg = min(1 - p + clip, 1);
-    L = y log(max(p, eps)) + (1-y) log(max(p_neg, eps)), times the focusing weight
-    (1 - p*y - p_neg*(1-y))^(gamma_pos*y + gamma_neg*(1-y)), which is not detached (as
-    official). Returns -sum(L) / (B*K).
-    """
-    x = logits.astype(jnp.float32)
-    y = targets.astype(jnp.float32)
-    p = jax.nn.sigmoid(x)
-    p_neg = jnp.minimum(1.0 - p + clip, 1.0) if clip > 0 else 1.0 - p
-    loss = y * jnp.log(jnp.maximum(p, eps)) + (1 - y) * jnp.log(jnp.maximum(p_neg, eps))
-    if gamma_neg > 0 or gamma_pos > 0:
-        base = 1.0 - p * y - p_neg * (1 - y)
-        gamma = gamma_pos * y + gamma_neg * (1 - y)
-        # torch: pow(b, 0) = 1 with zero gradient, also at b = 0 (p saturated to 1). In JAX the
-        # gradient of b**0 at b = 0 is 0 * inf = NaN, so exponent-0 entries get base 1.
-        safe_base = jnp.where(gamma == 0, 1.0, jnp.maximum(base, 0.0))
-        weight = jnp.power(safe_base, gamma)
-        loss = loss * weight
-    return -loss.sum() / y.size
-
-
-def bce_with_logits(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """torch BCEWithLogitsLoss(reduction='mean'): mean over B*K. Returns a float32 scalar."""
-    x = logits.astype(jnp.float32)
-    y = targets.astype(jnp.float32)
-    return jnp.mean(jnp.maximum(x, 0) - x * y + jnp.log1p(jnp.exp(-jnp.abs(x))))
-
-
-def image_loss(logits: jax.Array, targets: jax.Array, cfg: mlc.ConfigDict) -> jax.Array:
-    """The configured multi-label loss (`loss.img_type`), unweighted."""
-    if cfg.img_type == "asl":
-        return asymmetric_loss(logits, targets, gamma_neg=cfg.asl_gamma_neg,
-                               gamma_pos=cfg.asl_gamma_pos, clip=cfg.asl_clip,
-                               eps=cfg.asl_eps)
-    if cfg.img_type == "bce":
-        return bce_with_logits(logits, targets)
-    raise ValueError(f"loss.img_type={cfg.img_type!r} is not 'asl' or 'bce'")
 
 
 def segmentation_losses(outputs: dict, labels: jax.Array, cfg: mlc.ConfigDict,
@@ -110,7 +67,8 @@ def segmentation_losses(outputs: dict, labels: jax.Array, cfg: mlc.ConfigDict,
     total = out["loss_seg"]
     if "image_logits" in outputs:
         target = ranking.class_presence(labels, num_classes)
-        out["loss_img"] = cfg.img_weight * image_loss(outputs["image_logits"], target, cfg)
+        out["loss_img"] = cfg.img_weight * rankseg_losses.image_loss(
+            outputs["image_logits"], target, cfg)
         total = total + out["loss_img"]
     out["loss"] = total
     return out

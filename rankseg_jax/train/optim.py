@@ -7,7 +7,7 @@ Official recipe (official_spec.md §7): torch SGD(lr 1e-3, momentum 0.9) with co
 
 no clipping, and per-parameter decay multipliers chosen by mmcv's `custom_keys` rule: keys are
 substrings of the *official* parameter name, tried longest first (ties alphabetical), first
-match wins. We resolve that rule once on the host through `convert.official.official_names`,
+match wins. We resolve that rule once on the host through `convert.mmseg.official_names`,
 so the decay of every parameter is a plain float baked into the update.
 """
 
@@ -22,7 +22,7 @@ import ml_collections as mlc
 import optax
 
 from rankseg_jax import param_paths
-from rankseg_jax.convert import official
+from rankseg_jax.convert.tables import mmseg
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("poly", "constant")
@@ -81,7 +81,7 @@ def decay_table(config: mlc.ConfigDict, params) -> dict[tuple, float]:
     current model, but possible in ablations added later) fall back to their '.'-joined path,
     so a multiplier key still applies to them.
     """
-    names = official.official_names(config)
+    names = mmseg.official_names(config)
     wd = float(config.optim.weight_decay)
     table = {}
     for path, _ in param_paths.flatten(params):

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rankseg_jax.convert import official
+from rankseg_jax.convert import engine
 from rankseg_jax.models.heads.mask2former import (
     MSDeformAttnPixelDecoder,
     MultiScaleMaskedTransformerDecoder,
@@ -37,7 +37,7 @@ def _random_model(factory, seed):
     model = nnx.eval_shape(factory)
     rng = np.random.default_rng(seed)
     params = {}
-    for path, shape in official.param_shapes(model).items():
+    for path, shape in engine.param_shapes(model).items():
         if path[-1] == "kernel":
             v = rng.normal(size=shape) / np.sqrt(np.prod(shape[:-1]))
         elif path[-1] == "scale":
@@ -47,7 +47,7 @@ def _random_model(factory, seed):
         else:  # query_feat, query_embed, level_embed
             v = rng.normal(size=shape)
         params[path] = v.astype(np.float32)
-    official.load_into(model, params)
+    engine.load_into(model, params)
     return model
 
 

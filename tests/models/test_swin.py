@@ -11,8 +11,8 @@ import pytest
 from flax import nnx
 from helpers import ROOT
 
-from rankseg_jax.convert import detectron2, official
-from rankseg_jax.convert.official import CheckpointMismatch
+from rankseg_jax.convert import detectron2, engine
+from rankseg_jax.convert.engine import CheckpointMismatch
 from rankseg_jax.convert.tables import swin as swin_table
 from rankseg_jax.models.backbones import swin
 
@@ -27,11 +27,11 @@ def _random_model(seed: int = 0, **kwargs) -> swin.SwinTransformer:
     model = nnx.eval_shape(lambda: swin.SwinTransformer(**kw, rngs=nnx.Rngs(0)))
     rng = np.random.default_rng(seed)
     params = {}
-    for path, shape in official.param_shapes(model).items():
+    for path, shape in engine.param_shapes(model).items():
         base = 1.0 if path[-1] == "scale" else 0.0
         params[path] = base + rng.normal(0.0, 1.0 / np.sqrt(shape[0]) if len(shape) > 1
                                          else 0.2, shape)
-    official.load_into(model, params)
+    engine.load_into(model, params)
     return model
 
 
@@ -40,7 +40,7 @@ def _images(n: int, h: int, w: int, seed: int = 1) -> jax.Array:
 
 
 def _n_params(model) -> int:
-    return sum(int(np.prod(s)) for s in official.param_shapes(model).values())
+    return sum(int(np.prod(s)) for s in engine.param_shapes(model).values())
 
 
 # ------------------------------------------------------------------------------- model
@@ -89,7 +89,7 @@ def test_bfloat16_compute_keeps_float32_params_and_tracks_float32():
     x = _images(1, 12, 16)
     ref = _forward(_random_model(**one_stage), x)["res2"]
     model = _random_model(dtype=jnp.bfloat16, **one_stage)
-    assert all(v.dtype == jnp.float32 for v in official.model_params(model).values())
+    assert all(v.dtype == jnp.float32 for v in engine.model_params(model).values())
     out = _forward(model, x)["res2"]
     assert out.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(out, np.float32), ref, atol=0.1, rtol=0)
@@ -145,13 +145,13 @@ def test_relative_position_index_and_shift_mask():
 def _export(model, **kwargs):
     kw = {**TINY, **kwargs}
     return swin_table.export_swin_state_dict(
-        official.model_params(model), depths=kw["depths"], window_size=kw["window_size"],
+        engine.model_params(model), depths=kw["depths"], window_size=kw["window_size"],
         our_prefix=())
 
 
 def _convert(sd, model, **kwargs):
     kw = {"depths": TINY["depths"], "window_size": TINY["window_size"], **kwargs}
-    return swin_table.convert_swin_state_dict(sd, official.param_shapes(model), our_prefix=(),
+    return swin_table.convert_swin_state_dict(sd, engine.param_shapes(model), our_prefix=(),
                                               **kw)
 
 
@@ -162,7 +162,7 @@ def test_round_trip_ours_official_ours():
     assert sd["backbone.layers.1.blocks.0.attn.relative_position_index"].dtype == np.int64
     params, report = _convert(sd, model)
     assert not (report.missing or report.unused or report.warnings)
-    ours = official.model_params(model)
+    ours = engine.model_params(model)
     assert set(params) == set(ours)
     for path, value in ours.items():
         np.testing.assert_array_equal(params[path], value)

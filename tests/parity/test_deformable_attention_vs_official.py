@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 from helpers import ROOT
 
-from rankseg_jax.convert import official
+from rankseg_jax.convert import engine
 from rankseg_jax.convert.tables import mask2former as tables
 from rankseg_jax.models import deformable_attention as da
 
@@ -40,10 +40,10 @@ def test_core_matches_official(standalone):
 
 def _module(s) -> da.MSDeformAttn:
     model = nnx.eval_shape(lambda: da.MSDeformAttn(32, 3, 8, 4, rngs=nnx.Rngs(0)))
-    params, _ = official.map_state_dict(
+    params, _ = engine.map_state_dict(
         {k: v for k, v in s.items() if k.startswith("msda.param.")},
-        tables.msdeform_attn_rows((), "msda.param"), expected=official.param_shapes(model))
-    official.load_into(model, params)
+        tables.msdeform_attn_rows((), "msda.param"), expected=engine.param_shapes(model))
+    engine.load_into(model, params)
     return model
 
 

@@ -18,7 +18,7 @@ import pytest
 from flax import nnx
 from helpers import ROOT
 
-from rankseg_jax.convert import official
+from rankseg_jax.convert import engine
 from rankseg_jax.convert.tables import mask2former as tables
 from rankseg_jax.models.heads.mask2former import (
     MSDeformAttnPixelDecoder,
@@ -68,9 +68,9 @@ def test_sem_seg_head_matches_official(forward, weights):
     assert ("sem_seg_head.predictor.class_embed.bias" in sd) != cosine
     model = nnx.eval_shape(lambda: _Head(cosine, nnx.Rngs(0)))
     rows = tables.sem_seg_head_rows(ENC_LAYERS, DEC_LAYERS, cosine_classifier=cosine)
-    params, report = official.map_state_dict(sd, rows, expected=official.param_shapes(model))
+    params, report = engine.map_state_dict(sd, rows, expected=engine.param_shapes(model))
     assert not report.unused and not report.missing
-    official.load_into(model, params)
+    engine.load_into(model, params)
 
     f = {k[len(weights) + 1:]: v for k, v in forward.items() if k.startswith(weights + ".")}
     feats = {f"res{i}": jnp.asarray(f[f"backbone.res{i}"].transpose(0, 2, 3, 1))
@@ -120,7 +120,7 @@ def test_full_size_param_counts_and_rows():
     counts = json.loads((FIX / "manifest.json").read_text())["official_param_counts"]
     pixel_decoder = nnx.eval_shape(
         lambda: MSDeformAttnPixelDecoder((192, 384, 768, 1536), rngs=nnx.Rngs(0)))
-    pd_shapes = official.param_shapes(pixel_decoder)
+    pd_shapes = engine.param_shapes(pixel_decoder)
     pd_rows = tables.pixel_decoder_rows(6, ours=())
     assert sorted(map(str, pd_shapes)) == sorted(str(r.path) for r in pd_rows)
     seen = {}
@@ -130,7 +130,7 @@ def test_full_size_param_counts_and_rows():
             predictor = nnx.eval_shape(lambda key=key: MultiScaleMaskedTransformerDecoder(
                 num_queries=key[0], num_classes=150, cosine_classifier=key[1],
                 rngs=nnx.Rngs(0)))
-            shapes = official.param_shapes(predictor)
+            shapes = engine.param_shapes(predictor)
             rows = tables.predictor_rows(9, cosine_classifier=key[1], ours=())
             assert sorted(map(str, shapes)) == sorted(str(r.path) for r in rows)
             seen[key] = _count(pd_shapes) + _count(shapes)

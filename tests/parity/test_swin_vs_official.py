@@ -13,7 +13,7 @@ import yaml
 from flax import nnx
 from helpers import ROOT
 
-from rankseg_jax.convert import detectron2, official
+from rankseg_jax.convert import detectron2, engine
 from rankseg_jax.convert.tables import swin as swin_table
 from rankseg_jax.models.backbones import swin
 
@@ -38,11 +38,11 @@ def _load(name: str, **kwargs):
     """(model with `name`'s backbone, Report); the model is built abstractly, then filled."""
     sd = detectron2.read_detectron2_checkpoint(FIX / name)
     model = nnx.eval_shape(lambda: swin.SwinTransformer(**kwargs, rngs=nnx.Rngs(0)))
-    shapes = official.param_shapes(model)
+    shapes = engine.param_shapes(model)
     params, report = swin_table.convert_swin_state_dict(
         sd, shapes, depths=kwargs["depths"], window_size=kwargs["window_size"], our_prefix=(),
         source=name)
-    official.load_into(model, params)
+    engine.load_into(model, params)
     assert len(report.loaded) == len(shapes)
     assert not (report.missing or report.unused or report.warnings or report.resized)
     return model, report

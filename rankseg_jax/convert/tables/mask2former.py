@@ -11,7 +11,14 @@ query/key/value thirds (`qkv_q|k|v`); nn.Embedding weights and the bare
 
 from __future__ import annotations
 
-from rankseg_jax.convert.official import CONV, IDENTITY, Row, _fused_qkv, _linear, _norm
+from rankseg_jax.convert.engine import (
+    CONV,
+    IDENTITY,
+    Row,
+    fused_qkv_rows,
+    linear_rows,
+    norm_rows,
+)
 
 
 def _conv(rows: list[Row], ours: tuple, theirs: str, bias: bool) -> None:
@@ -24,7 +31,7 @@ def msdeform_attn_rows(ours: tuple, theirs: str) -> list[Row]:
     """Rows of one `MSDeformAttn` (four Linears) at our path `ours` / official prefix `theirs`."""
     rows: list[Row] = []
     for name in ("sampling_offsets", "attention_weights", "value_proj", "output_proj"):
-        _linear(rows, ours + (name,), f"{theirs}.{name}")
+        linear_rows(rows, ours + (name,), f"{theirs}.{name}")
     return rows
 
 
@@ -37,19 +44,19 @@ def pixel_decoder_rows(num_encoder_layers: int, *, ours: tuple = ("pixel_decoder
     rows: list[Row] = []
     for lvl in range(3):  # res5, res4, res3
         _conv(rows, ours + ("input_proj", lvl, "conv"), f"{theirs}.input_proj.{lvl}.0", True)
-        _norm(rows, ours + ("input_proj", lvl, "norm"), f"{theirs}.input_proj.{lvl}.1")
+        norm_rows(rows, ours + ("input_proj", lvl, "norm"), f"{theirs}.input_proj.{lvl}.1")
     rows.append(Row(ours + ("level_embed",), f"{theirs}.transformer.level_embed", IDENTITY))
     for j in range(num_encoder_layers):
         o, t = ours + ("encoder_layers", j), f"{theirs}.transformer.encoder.layers.{j}"
         rows += msdeform_attn_rows(o + ("self_attn",), f"{t}.self_attn")
-        _norm(rows, o + ("norm1",), f"{t}.norm1")
-        _linear(rows, o + ("linear1",), f"{t}.linear1")
-        _linear(rows, o + ("linear2",), f"{t}.linear2")
-        _norm(rows, o + ("norm2",), f"{t}.norm2")
+        norm_rows(rows, o + ("norm1",), f"{t}.norm1")
+        linear_rows(rows, o + ("linear1",), f"{t}.linear1")
+        linear_rows(rows, o + ("linear2",), f"{t}.linear2")
+        norm_rows(rows, o + ("norm2",), f"{t}.norm2")
     _conv(rows, ours + ("mask_features",), f"{theirs}.mask_features", True)
     for name in ("adapter_1", "layer_1"):
         _conv(rows, ours + (name, "conv"), f"{theirs}.{name}", False)
-        _norm(rows, ours + (name, "norm"), f"{theirs}.{name}.norm")
+        norm_rows(rows, ours + (name, "norm"), f"{theirs}.{name}.norm")
     return rows
 
 
@@ -70,23 +77,24 @@ def predictor_rows(num_layers: int, *, cosine_classifier: bool, input_proj: bool
     for attn, norm, group, mha in sub:  # official order: all self, all cross, all FFN
         for i in range(num_layers):
             o, t = ours + ("layers", i), f"{theirs}.{group}.{i}"
-            _fused_qkv(rows, o + (attn,), f"{t}.{mha}.in_proj_weight", f"{t}.{mha}.in_proj_bias")
-            _linear(rows, o + (attn, "out"), f"{t}.{mha}.out_proj")
-            _norm(rows, o + (norm,), f"{t}.norm")
+            fused_qkv_rows(rows, o + (attn,), f"{t}.{mha}.in_proj_weight",
+                           f"{t}.{mha}.in_proj_bias")
+            linear_rows(rows, o + (attn, "out"), f"{t}.{mha}.out_proj")
+            norm_rows(rows, o + (norm,), f"{t}.norm")
     for i in range(num_layers):
         o, t = ours + ("layers", i), f"{theirs}.transformer_ffn_layers.{i}"
-        _linear(rows, o + ("linear1",), f"{t}.linear1")
-        _linear(rows, o + ("linear2",), f"{t}.linear2")
-        _norm(rows, o + ("ffn_norm",), f"{t}.norm")
-    _norm(rows, ours + ("decoder_norm",), f"{theirs}.decoder_norm")
+        linear_rows(rows, o + ("linear1",), f"{t}.linear1")
+        linear_rows(rows, o + ("linear2",), f"{t}.linear2")
+        norm_rows(rows, o + ("ffn_norm",), f"{t}.norm")
+    norm_rows(rows, ours + ("decoder_norm",), f"{theirs}.decoder_norm")
     for name in ("query_feat", "query_embed", "level_embed"):
         rows.append(Row(ours + (name,), f"{theirs}.{name}.weight", IDENTITY))
     if input_proj:
         for lvl in range(num_feature_levels):
             _conv(rows, ours + ("input_proj", lvl), f"{theirs}.input_proj.{lvl}", True)
-    _linear(rows, ours + ("class_embed",), f"{theirs}.class_embed", bias=not cosine_classifier)
+    linear_rows(rows, ours + ("class_embed",), f"{theirs}.class_embed", bias=not cosine_classifier)
     for j in range(mask_embed_layers):
-        _linear(rows, ours + ("mask_embed", "layers", j), f"{theirs}.mask_embed.layers.{j}")
+        linear_rows(rows, ours + ("mask_embed", "layers", j), f"{theirs}.mask_embed.layers.{j}")
     return rows
 
 

@@ -24,8 +24,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from rankseg_jax import resize
-from rankseg_jax.convert import official
-from rankseg_jax.convert.official import CONV, IDENTITY, CheckpointMismatch, Row
+from rankseg_jax.convert import engine
+from rankseg_jax.convert.engine import CONV, IDENTITY, CheckpointMismatch, Row
 from rankseg_jax.models.backbones import swin
 
 TABLE = "attn.relative_position_bias_table"
@@ -46,25 +46,25 @@ def swin_rows(depths, *, our_prefix=("backbone",), their_prefix="backbone.",
     rows = [Row(p + ("patch_embed", "proj", "kernel"), f"{t}patch_embed.proj.weight", CONV),
             Row(p + ("patch_embed", "proj", "bias"), f"{t}patch_embed.proj.bias", IDENTITY)]
     if patch_norm:
-        official._norm(rows, p + ("patch_embed", "norm"), f"{t}patch_embed.norm")
+        engine.norm_rows(rows, p + ("patch_embed", "norm"), f"{t}patch_embed.norm")
     for i, depth in enumerate(depths):
         for j in range(depth):
             ours, theirs = p + ("layers", i, "blocks", j), f"{t}layers.{i}.blocks.{j}"
-            official._norm(rows, ours + ("norm1",), f"{theirs}.norm1")
+            engine.norm_rows(rows, ours + ("norm1",), f"{theirs}.norm1")
             rows.append(Row(ours + ("attn", "relative_position_bias_table"),
                             f"{theirs}.{TABLE}", IDENTITY))
-            official._fused_qkv(rows, ours + ("attn",), f"{theirs}.attn.qkv.weight",
+            engine.fused_qkv_rows(rows, ours + ("attn",), f"{theirs}.attn.qkv.weight",
                                 f"{theirs}.attn.qkv.bias")
-            official._linear(rows, ours + ("attn", "out"), f"{theirs}.attn.proj")
-            official._norm(rows, ours + ("norm2",), f"{theirs}.norm2")
-            official._linear(rows, ours + ("mlp", "fc1"), f"{theirs}.mlp.fc1")
-            official._linear(rows, ours + ("mlp", "fc2"), f"{theirs}.mlp.fc2")
+            engine.linear_rows(rows, ours + ("attn", "out"), f"{theirs}.attn.proj")
+            engine.norm_rows(rows, ours + ("norm2",), f"{theirs}.norm2")
+            engine.linear_rows(rows, ours + ("mlp", "fc1"), f"{theirs}.mlp.fc1")
+            engine.linear_rows(rows, ours + ("mlp", "fc2"), f"{theirs}.mlp.fc2")
         if i < len(depths) - 1:
             ours, theirs = p + ("layers", i, "downsample"), f"{t}layers.{i}.downsample"
-            official._linear(rows, ours + ("reduction",), f"{theirs}.reduction", bias=False)
-            official._norm(rows, ours + ("norm",), f"{theirs}.norm")
+            engine.linear_rows(rows, ours + ("reduction",), f"{theirs}.reduction", bias=False)
+            engine.norm_rows(rows, ours + ("norm",), f"{theirs}.norm")
     for i in sorted(range(len(depths)) if out_indices is None else out_indices):
-        official._norm(rows, p + (f"norm{i}",), f"{t}norm{i}")
+        engine.norm_rows(rows, p + (f"norm{i}",), f"{t}norm{i}")
     return rows
 
 
@@ -148,11 +148,11 @@ def convert_swin_state_dict(state_dict: Mapping[str, np.ndarray],
                             their_prefix="backbone.", out_indices=None,
                             patch_norm: bool = True, allow_partial: bool = False,
                             resize_window: bool = False, source: str = "checkpoint"
-                            ) -> tuple[dict[tuple, np.ndarray], official.Report]:
+                            ) -> tuple[dict[tuple, np.ndarray], engine.Report]:
     """Official Swin state dict -> ({our path: array}, Report), checking every key.
 
     Only keys under `their_prefix` are looked at (a full Mask2Former checkpoint's other
-    parts belong to other tables). expected: our path -> shape (`official.param_shapes`).
+    parts belong to other tables). expected: our path -> shape (`engine.param_shapes`).
     resize_window: bias tables of another window size are resized to `window_size`
     (`resize_relative_position_bias`, reported under `resized`); otherwise they are shape
     mismatches. allow_partial: model params absent from the source keep their init (needed
@@ -169,7 +169,7 @@ def convert_swin_state_dict(state_dict: Mapping[str, np.ndarray],
                 resized.append(f"{key}: {value.shape[0]} -> {want_rows} rows (torch bicubic)")
     rows = swin_rows(depths, our_prefix=our_prefix, their_prefix=their_prefix,
                      out_indices=out_indices, patch_norm=patch_norm)
-    params, report = official.map_state_dict(
+    params, report = engine.map_state_dict(
         sd, rows, expected=expected, ignored=swin_ignored(sd, their_prefix),
         buffers=swin_buffers(sd, window_size, their_prefix), allow_partial=allow_partial,
         source=source, fmt="swin")
@@ -190,7 +190,7 @@ def export_swin_state_dict(params: Mapping[tuple, np.ndarray], *, depths, window
     rows = swin_rows(depths, our_prefix=our_prefix, their_prefix=their_prefix,
                      out_indices=out_indices, patch_norm=patch_norm)
     out = {}
-    for key, value in official.export_rows(params, rows).items():
+    for key, value in engine.export_rows(params, rows).items():
         out[key] = value
         if key.endswith(f".{TABLE}"):
             out[key[:-len(TABLE)] + INDEX] = swin.relative_position_index(window_size).copy()

@@ -13,7 +13,7 @@ from rankseg_jax import models, resize
 from rankseg_jax.evaluation import evaluate, full_logits, inference, metrics, windows
 
 pytest.importorskip("torch")  # the official checkpoints are torch files
-from rankseg_jax.convert import official  # noqa: E402
+from rankseg_jax.convert.tables import mmseg  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def _official(kind, mode):
     config = tiny_config(kind)
     config.test.mode, config.test.stride, config.test.class_chunk = mode, (32, 32), 3
     model = models.build_model(config)
-    official.load_official_checkpoint(model, FIXTURES / f"{kind}.pth", config)
+    mmseg.load_official_checkpoint(model, FIXTURES / f"{kind}.pth", config)
     return config, model
 
 

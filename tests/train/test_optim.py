@@ -5,7 +5,7 @@ import pytest
 from helpers import small_train_config, tiny_config
 
 from rankseg_jax import config as config_lib
-from rankseg_jax.convert.official import official_names
+from rankseg_jax.convert.tables.mmseg import official_names
 from rankseg_jax.train import optim
 
 RANKSEG_KEYS = (("pos_embed", 0.0), ("cls_token", 0.0), ("norm", 0.0),

@@ -16,14 +16,14 @@ import sys
 import numpy as np
 import pytest
 
-_ROOT = str(pathlib.Path(__file__).resolve().parents[1])
+_ROOT = str(pathlib.Path(__file__).resolve().parents[2])
 if _ROOT not in sys.path:  # plain `pytest` does not put the repo root on sys.path
     sys.path.insert(0, _ROOT)
 
 from tests.reference import numpy_ref as R  # noqa: E402
 from tests.reference.random_official_sd import KINDS, config_for_kind, make_state_dict  # noqa: E402
 
-FIX = pathlib.Path(__file__).parent / "fixtures" / "official"
+FIX = pathlib.Path(__file__).parents[1] / "fixtures" / "official"
 SPEC = pathlib.Path("/work/shared/docs/reference/official_spec.md")
 ATOL = 1e-4
 GAP = 1e-3

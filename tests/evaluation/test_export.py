@@ -9,7 +9,7 @@ from rankseg_jax.evaluation import inference
 
 pytest.importorskip("flatbuffers")  # jax's serializer needs it
 pytest.importorskip("torch")
-from rankseg_jax.convert import official  # noqa: E402
+from rankseg_jax.convert.tables import mmseg  # noqa: E402
 from rankseg_jax.evaluation import export  # noqa: E402
 
 
@@ -18,7 +18,7 @@ def test_export_roundtrip_matches(tmp_path, kind, mode):
     config = tiny_config(kind)
     config.test.mode, config.test.stride = mode, (32, 32)
     model = models.build_model(config)
-    official.load_official_checkpoint(model, FIXTURES / f"{kind}.pth", config)
+    mmseg.load_official_checkpoint(model, FIXTURES / f"{kind}.pth", config)
     images = np.load(FIXTURES / "io.npz")["images"].transpose(0, 2, 3, 1)
     path = tmp_path / "model.jax"
     export.save_exported(export.export_inference(config, model, (64, 64)), path)

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # subprocesses: trainers, CLIs
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _main(*args, timeout=600):

@@ -77,11 +77,12 @@ def _setup(c):
 
 
 def test_init_from_official_pth_and_params_only_dir(tmp_path):
-    from rankseg_jax.convert import official
+    from rankseg_jax.convert import torch_io
+    from rankseg_jax.convert.tables import mmseg
     c = tiny_config("rankseg")
     setup = _setup(c)
     params = train.pretrained_params(setup, str(FIXTURES / "rankseg.pth"))
-    want = official.convert_state_dict(official.read_pth(FIXTURES / "rankseg.pth"), c)
+    want = mmseg.convert_state_dict(torch_io.read_pth(FIXTURES / "rankseg.pth"), c)
     for path, v in want.items():
         got = params
         for k in path:

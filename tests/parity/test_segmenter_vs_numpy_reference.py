@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from rankseg_jax import models
-from rankseg_jax.convert import official
+from rankseg_jax.convert import engine
+from rankseg_jax.convert.tables import mmseg
 from rankseg_jax.evaluation import full_logits
 from rankseg_jax.train import losses
 from tests.reference import numpy_ref, random_official_sd
@@ -77,9 +78,9 @@ def _build(case: Case):
     sd = random_official_sd.make_state_dict(ref_cfg, np.random.default_rng(case.seed),
                                             case.kind)
     model = models.build_model(cfg)
-    params = official.convert_state_dict(
-        {k: v.astype(np.float32) for k, v in sd.items()}, cfg, official.param_shapes(model))
-    official.load_into(model, params)
+    params = mmseg.convert_state_dict(
+        {k: v.astype(np.float32) for k, v in sd.items()}, cfg, engine.param_shapes(model))
+    engine.load_into(model, params)
     return sd, ref_cfg, cfg, model
 
 

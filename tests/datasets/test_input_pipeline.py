@@ -65,7 +65,7 @@ def test_batch_structure():
 _SUBPROCESS = """
 import hashlib, json, sys
 import numpy as np
-sys.path.insert(0, 'tests')
+sys.path[:0] = ['tests', 'tests/datasets']
 from test_input_pipeline import small_config, take
 from rankseg_jax.data import pipeline as ip
 it = ip.make_train_iterator(small_config(), process_index=0, process_count=1)
@@ -75,7 +75,7 @@ print(json.dumps(take(it, 5)))
 
 def test_deterministic_in_a_fresh_process():
     here = take(ip.make_train_iterator(small_config(), process_index=0, process_count=1), 5)
-    repo = pathlib.Path(__file__).resolve().parents[1]
+    repo = pathlib.Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", _SUBPROCESS], capture_output=True, text=True,
                          check=True, env=dict(os.environ, JAX_PLATFORMS="cpu"), cwd=repo)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == here

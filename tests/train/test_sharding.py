@@ -14,7 +14,7 @@ from helpers import tiny_config
 from rankseg_jax import param_paths, sharding
 from rankseg_jax.models import build_model
 
-HERE = pathlib.Path(__file__).parent
+HERE = pathlib.Path(__file__).parents[1]  # tests/
 GOLDEN = HERE / "golden" / "partition_specs_tiny_rankseg.json"
 SIZES = {"data": 2, "fsdp": 2, "tensor": 2}
 
@@ -81,6 +81,7 @@ def test_mesh_fill():
     assert sharding.mesh_shape(c, 8) == (4, 2, 1)
 
 
+@pytest.mark.slow  # a subprocess with 8 fake CPU devices
 def test_sharded_step_equals_single_device_step():
     """data=4 x fsdp=2 on 8 fake CPU devices vs one device: same losses and params."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")

@@ -6,7 +6,8 @@ import pytest
 from helpers import FIXTURES, tiny_config
 
 from rankseg_jax import models
-from rankseg_jax.convert import official
+from rankseg_jax.convert import engine, torch_io
+from rankseg_jax.convert.tables import mmseg
 from rankseg_jax.evaluation import full_logits, windows
 from rankseg_jax.models.backbones import vit
 from rankseg_jax.rankseg import ranking
@@ -26,7 +27,7 @@ def loaded(request):
     kind = request.param
     config = tiny_config(kind)
     model = models.build_model(config)
-    official.load_official_checkpoint(model, FIXTURES / f"{kind}.pth", config)
+    mmseg.load_official_checkpoint(model, FIXTURES / f"{kind}.pth", config)
     return kind, config, model
 
 
@@ -79,7 +80,7 @@ def test_inference_logits_probs_pred(loaded, io, mode):
 def test_slide_crops_choose_their_own_topk(io):
     config = tiny_config("rankseg")
     model = models.build_model(config)
-    official.load_official_checkpoint(model, FIXTURES / "rankseg.pth", config)
+    mmseg.load_official_checkpoint(model, FIXTURES / "rankseg.pth", config)
     boxes = windows.slide_windows(64, 64, (48, 48), (32, 32))
     np.testing.assert_array_equal(np.array(boxes), io["rankseg.slide_crop_boxes"])
     images = _images(io)
@@ -115,15 +116,15 @@ def test_losses(loaded, io):
 def test_strict_loading_reports_every_bad_key():
     config = tiny_config("rankseg")
     model = models.build_model(config)
-    sd = official.read_pth(FIXTURES / "rankseg.pth")
+    sd = torch_io.read_pth(FIXTURES / "rankseg.pth")
     sd.pop("decode_head.ml_fc.W")
     sd["decode_head.extra.weight"] = np.zeros(3, np.float32)
     sd["decode_head.mask_norm.weight"] = np.zeros(5, np.float32)
-    with pytest.raises(official.CheckpointMismatch) as err:
-        official.convert_state_dict(sd, config, official.param_shapes(model), source="x.pth")
+    with pytest.raises(engine.CheckpointMismatch) as err:
+        mmseg.convert_state_dict(sd, config, engine.param_shapes(model), source="x.pth")
     msg = str(err.value)
     assert "decode_head.ml_fc.W" in msg and "decode_head.extra.weight" in msg
     assert "decode_head.mask_norm.weight" in msg and "x.pth" in msg
     # Loading the baseline checkpoint into a RankSeg model is refused as well.
-    with pytest.raises(official.CheckpointMismatch, match="decoder_norm2"):
-        official.load_official_checkpoint(model, FIXTURES / "baseline.pth", config)
+    with pytest.raises(engine.CheckpointMismatch, match="decoder_norm2"):
+        mmseg.load_official_checkpoint(model, FIXTURES / "baseline.pth", config)

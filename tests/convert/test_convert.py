@@ -19,11 +19,13 @@ from helpers import FIXTURES, ROOT, tiny_config
 from rankseg_jax import checkpointing, models
 from rankseg_jax.convert import (
     CheckpointMismatch,
+    engine,
     export_official,
     formats,
     load_pretrained,
-    official,
+    torch_io,
 )
+from rankseg_jax.convert.tables import mmseg
 from tests.reference import numpy_ref as R
 from tests.reference.random_official_sd import KINDS, config_for_kind, make_state_dict
 
@@ -216,7 +218,7 @@ def test_official_variants_forward_and_roundtrip(kind, tmp_path):
     sd = {k: v.astype(np.float32) for k, v in
           make_state_dict(ref_cfg, np.random.default_rng(1), kind).items()}
     src = tmp_path / f"{kind}.pth"
-    official.write_pth(src, sd, {"iter": 1})
+    torch_io.write_pth(src, sd, {"iter": 1})
     model, report = ours(cfg, src)
     assert report.format == "mmseg" and not report.missing and not report.unused
 
@@ -238,7 +240,7 @@ def test_official_variants_forward_and_roundtrip(kind, tmp_path):
         np.testing.assert_array_equal(exported[k], sd[k], err_msg=k)
     # PyTorch -> Flax: bit-exact params.
     again, _ = ours(cfg, dst)
-    a, b = official.model_params(model), official.model_params(again)
+    a, b = engine.model_params(model), engine.model_params(again)
     assert a.keys() == b.keys()
     for p in a:
         np.testing.assert_array_equal(a[p], b[p])
@@ -301,7 +303,7 @@ def test_timm_containers_backbone(timm_vit, tmp_path):
         assert "head.weight" in report.ignored and "head.bias" in report.ignored
         assert report.resized and not report.unused
         assert all(m.startswith("head/") for m in report.missing)
-        params[name] = official.model_params(model)
+        params[name] = engine.model_params(model)
     for name in ("bin", "safetensors"):
         for p in params["pth"]:
             np.testing.assert_array_equal(params[name][p], params["pth"][p])
@@ -389,11 +391,11 @@ def test_segmenter_checkpoint_full_model(tmp_path):
 # ------------------------------------------------------------------ reports and errors
 
 def test_unused_and_missing_keys_reported(tmp_path):
-    sd = official.read_pth(FIXTURES / "baseline.pth")
+    sd = torch_io.read_pth(FIXTURES / "baseline.pth")
     sd["backbone.extra_token"] = np.zeros((1, 1, D), np.float32)
     del sd["backbone.layers.1.ln2.bias"]
     src = tmp_path / "broken.pth"
-    official.write_pth(src, sd)
+    torch_io.write_pth(src, sd)
     cfg = tiny_config("baseline")
     with pytest.raises(CheckpointMismatch) as err:
         ours(cfg, src)
@@ -402,7 +404,7 @@ def test_unused_and_missing_keys_reported(tmp_path):
     with pytest.raises(CheckpointMismatch, match="unused keys"):
         ours(cfg, src, allow_partial=True)  # unused keys are an error even when partial
     del sd["backbone.extra_token"]
-    official.write_pth(src, sd)
+    torch_io.write_pth(src, sd)
     _, report = ours(cfg, src, allow_partial=True)
     assert report.missing == ["backbone/layers/1/norm2/bias <- backbone.layers.1.ln2.bias"]
 
@@ -414,8 +416,8 @@ def test_class_count_mismatch_and_reset_head():
     model, report = ours(cfg, FIXTURES / "rankseg.pth", reset_head=True)
     assert report.reset and all(p.startswith("head/") for p in report.reset)
     assert report.dropped and all(k.startswith("decode_head.") for k in report.dropped)
-    fresh = official.model_params(models.build_model(cfg))
-    loaded = official.model_params(model)
+    fresh = engine.model_params(models.build_model(cfg))
+    loaded = engine.model_params(model)
     for p in fresh:
         if p[0] == "head":
             np.testing.assert_array_equal(loaded[p], fresh[p])
@@ -434,7 +436,7 @@ def test_detect_format_and_gt_head():
     with pytest.raises(CheckpointMismatch, match="--format"):
         formats.detect_format({"foo": 0})
     with pytest.raises(CheckpointMismatch, match="GT"):
-        official.check_official_variant({"decode_head.mask_norm.gamma": 0}, "x")
+        mmseg.check_official_variant({"decode_head.mask_norm.gamma": 0}, "x")
 
 
 # ------------------------------------------------------------------ CLI

@@ -9,8 +9,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
-HERE = pathlib.Path(__file__).parent
+pytestmark = pytest.mark.slow  # subprocesses: trainers, CLIs
+
+HERE = pathlib.Path(__file__).parents[1]  # tests/
 DRIVER = HERE / "train_driver.py"
 
 
