@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from rankseg_jax.data import pipeline as input_pipeline
 from rankseg_jax.data.sources import BadExampleError
-from rankseg_jax.evaluation import inference, metrics
+from rankseg_jax.evaluation import inference, metrics, reports
 from rankseg_jax.evaluation import multilabel as multilabel_metrics
 
 _ML_KEYS = ("img_AP", "img_recall", "img_accuracy", "pixel_recall")
@@ -174,7 +174,7 @@ def evaluate(config, model, workdir=None, *, step=None, split="val") -> dict:
 
 def _report(config, out: dict, workdir, step, split) -> None:
     """Console table (+ multi-label line) and, with a workdir, JSON + CSV files."""
-    lines = [metrics.format_table(out)]
+    lines = [reports.format_table(out)]
     ml = {key: out[key] for key in ("img_AP", "img_recall", "img_precision", "pixel_recall")
           if key in out}
     if ml:
@@ -191,6 +191,6 @@ def _report(config, out: dict, workdir, step, split) -> None:
              "test": {"mode": t.mode, "crop_size": list(t.crop_size), "stride": list(t.stride),
                       "scales": list(t.scales), "flip": bool(t.flip),
                       "memory_light": bool(t.memory_light)},
-             "multilabel": {key: metrics._json_num(v) for key, v in ml.items()}}
-    metrics.write_metrics_json(os.path.join(workdir, stem + ".json"), out, extra=extra)
-    metrics.write_metrics_csv(os.path.join(workdir, stem + ".csv"), out)
+             "multilabel": {key: reports.json_number(v) for key, v in ml.items()}}
+    reports.write_metrics_json(os.path.join(workdir, stem + ".json"), out, extra=extra)
+    reports.write_metrics_csv(os.path.join(workdir, stem + ".csv"), out)

@@ -1,50 +1,23 @@
-"""Segmentation metrics with mmseg 0.17 semantics (multi-label ones: multilabel_metrics.py).
+"""Segmentation metrics with mmseg-0.17 semantics: exact dataset totals and the formulas.
 
-Two layers:
+`intersect_and_union_np` counts one image's areas (int64) the mmseg way;
+`SegMetricAccumulator` sums them exactly over a dataset (and across hosts);
+`compute_metrics` applies `mmseg.core.evaluation.eval_metrics` (IoU, Acc, Dice, F-score,
+aAcc, their NaN-excluding means). Report writers are in `reports.py`, multi-label metrics
+in `multilabel.py`.
 
-* **On device (JAX, jit-able)**: per-image / per-batch area vectors
-  (:func:`intersect_and_union`, :func:`intersect_and_union_per_image`) and the per-image label
-  class histogram (:func:`class_histogram`).
-  Everything is a scatter-add / bincount, O(H·W + K) memory, never a [K, H, W] one-hot.
-* **On host (numpy)**: exact int64 accumulation (:class:`SegMetricAccumulator`), the metric
-  formulas of ``mmseg.core.evaluation.eval_metrics`` (:func:`compute_metrics`), the rounding of
-  ``CustomDataset.evaluate`` (:func:`mmseg_eval_results`), console table, JSON and CSV writers.
-Area semantics (official_spec.md §9): pixels whose label equals ``ignore_index`` are removed
-from both prediction and label *before* counting; predictions / labels outside ``[0, K)``
-are counted nowhere (``torch.histc(bins=K, min=0, max=K-1)`` drops them).
+Area semantics (mmseg `core/evaluation/metrics.py` `intersect_and_union`): pixels whose label
+equals `ignore_index` are removed from both prediction and label *before* counting;
+predictions / labels outside [0, K) are counted nowhere (`torch.histc(bins=K, min=0,
+max=K-1)` drops them).
 """
 
 from __future__ import annotations
 
-import csv
-import json
-import math
-import os
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-
-from rankseg_jax.rankseg import ranking
-
-__all__ = [
-    "Areas",
-    "intersect_and_union",
-    "intersect_and_union_per_image",
-    "intersect_and_union_np",
-    "confusion_matrix",
-    "class_histogram",
-    "reduce_zero_label",
-    "SegMetricAccumulator",
-    "compute_metrics",
-    "mmseg_round",
-    "mmseg_eval_results",
-    "format_table",
-    "write_metrics_json",
-    "write_metrics_csv",
-]
 
 
 class Areas(NamedTuple):
@@ -57,144 +30,6 @@ class Areas(NamedTuple):
     area_union: Any
     area_pred: Any
     area_label: Any
-
-
-# --------------------------------------------------------------------------------------------
-# On-device area counting (JAX)
-# --------------------------------------------------------------------------------------------
-
-
-def _area_masks(pred, label, num_classes, ignore_index, valid):
-    """Shared masking logic of the JAX area functions (inputs already [B, N] int32)."""
-    # mmseg drops ignored pixels from *both* pred and label before histc.
-    keep = label != ignore_index
-    if valid is not None:
-        keep = keep & valid
-    # histc over [0, K-1]: anything outside is not counted (an explicit range check is needed
-    # because the sentinel trick only protects values that are masked out).
-    pred_in = keep & (pred >= 0) & (pred < num_classes)
-    label_in = keep & (label >= 0) & (label < num_classes)
-    inter = label_in & (pred == label)
-    return pred_in, label_in, inter
-
-
-def intersect_and_union_per_image(
-    pred: jax.Array,
-    label: jax.Array,
-    num_classes: int,
-    ignore_index: int = 255,
-    valid: jax.Array | None = None,
-) -> Areas:
-    """Per-image mmseg areas on device.
-
-    Args:
-        pred: [B, H, W] (any trailing shape) integer class map (argmax prediction).
-        label: [B, H, W] integer label map, already ``reduce_zero_label``-ed if applicable.
-        num_classes: K (static under jit).
-        ignore_index: label value dropped from both pred and label (static).
-        valid: optional [B, H, W] bool; False marks padding pixels / padded images, which are
-            excluded exactly like ignored pixels.
-
-    Returns:
-        :class:`Areas` of int32 [B, K] arrays (intersect, union, pred, label).
-    """
-    pred = jnp.asarray(pred)
-    label = jnp.asarray(label)
-    b = pred.shape[0]
-    pred = pred.reshape(b, -1).astype(jnp.int32)
-    label = label.reshape(b, -1).astype(jnp.int32)
-    if valid is not None:
-        valid = jnp.asarray(valid).reshape(b, -1).astype(bool)
-    pred_in, label_in, inter = _area_masks(pred, label, num_classes, ignore_index, valid)
-    area_intersect = ranking.batched_bincount(label, inter, num_classes)
-    area_pred = ranking.batched_bincount(pred, pred_in, num_classes)
-    area_label = ranking.batched_bincount(label, label_in, num_classes)
-    area_union = area_pred + area_label - area_intersect
-    return Areas(area_intersect, area_union, area_pred, area_label)
-
-
-def intersect_and_union(
-    pred: jax.Array,
-    label: jax.Array,
-    num_classes: int,
-    ignore_index: int = 255,
-    valid: jax.Array | None = None,
-) -> Areas:
-    """Areas summed over all pixels of ``pred`` / ``label`` (one image or a whole batch).
-
-    Args:
-        pred: [H, W] or [B, H, W] integer prediction.
-        label: same shape as ``pred``; pixels equal to ``ignore_index`` are dropped.
-        num_classes: K (static under jit).
-        ignore_index: ignored label value (static).
-        valid: optional bool mask of the same shape (False = padding, not counted).
-
-    Returns:
-        :class:`Areas` of int32 [K] vectors. Summing over images is what mmseg does
-        (dataset-level totals), so a batch sum is the same as a sum of per-image areas.
-    """
-    pred = jnp.asarray(pred).reshape(1, -1)
-    label = jnp.asarray(label).reshape(1, -1)
-    if valid is not None:
-        valid = jnp.asarray(valid).reshape(1, -1)
-    areas = intersect_and_union_per_image(pred, label, num_classes, ignore_index, valid)
-    return Areas(*(a[0] for a in areas))
-
-
-def confusion_matrix(
-    pred: jax.Array,
-    label: jax.Array,
-    num_classes: int,
-    ignore_index: int = 255,
-    valid: jax.Array | None = None,
-) -> jax.Array:
-    """Confusion matrix on device: ``cm[t, p]`` = #pixels with label t predicted as p.
-
-    Args:
-        pred, label: integer maps of the same shape (any shape); ``valid`` optional bool mask.
-        num_classes: K (static).
-
-    Returns:
-        int32 [K, K]. Only the K² output is allocated (one bincount over ``t*K + p``); pixels
-        with label or prediction outside [0, K) or with label == ignore_index are dropped.
-    """
-    pred = jnp.asarray(pred).reshape(1, -1).astype(jnp.int32)
-    label = jnp.asarray(label).reshape(1, -1).astype(jnp.int32)
-    if valid is not None:
-        valid = jnp.asarray(valid).reshape(1, -1).astype(bool)
-    pred_in, label_in, _ = _area_masks(pred, label, num_classes, ignore_index, valid)
-    k2 = num_classes * num_classes
-    cm = ranking.batched_bincount(label * num_classes + pred, pred_in & label_in, k2)
-    return cm[0].reshape(num_classes, num_classes)
-
-
-def class_histogram(
-    label: jax.Array,
-    num_classes: int,
-    ignore_index: int = 255,
-    valid: jax.Array | None = None,
-) -> jax.Array:
-    """Per-image label class histogram on device (the official ``torch.histc`` of the label).
-
-    Args:
-        label: [B, H, W] integer labels.
-        num_classes: K (static).
-        ignore_index: not counted (nor is anything outside [0, K)).
-        valid: optional [B, H, W] bool mask (False = padding, not counted).
-
-    Returns:
-        int32 [B, K] pixel counts; ``hist > 0`` is the multi-label target.
-    """
-    label = jnp.asarray(label)
-    keep = label != ignore_index
-    if valid is not None:
-        keep = keep & jnp.asarray(valid).astype(bool)
-    return ranking.class_histogram(label, num_classes, valid=keep)
-
-
-# --------------------------------------------------------------------------------------------
-# Host-side numpy path
-# --------------------------------------------------------------------------------------------
 
 
 def intersect_and_union_np(
@@ -230,36 +65,6 @@ def intersect_and_union_np(
     return Areas(area_intersect, area_pred + area_label - area_intersect, area_pred, area_label)
 
 
-def reduce_zero_label(label, int16: bool = False):
-    """mmseg ``reduce_zero_label`` as a pure function (the input is never modified).
-
-    uint8-style datasets (ADE20K, COCO-Stuff-10k; ignore 255): 0 -> 255, then label - 1,
-    then 254 -> 255; i.e. 0 ("other") and 255 both end up as 255, L -> L-1 otherwise.
-    int16-style datasets (ignore -1): label - 1, then -2 -> -1.
-
-    mmseg's ``intersect_and_union`` does this in place on a tensor sharing memory with the
-    caller's numpy array (official_spec.md §Bugs 4); we copy instead.
-
-    Args:
-        label: integer array (numpy or JAX), any shape.
-        int16: use the int16 rule.
-
-    Returns:
-        A new array of the same shape and dtype (numpy in -> numpy out, JAX in -> JAX out).
-    """
-    xp = jnp if isinstance(label, jax.Array) else np
-    label = xp.asarray(label)
-    dtype = label.dtype
-    if int16:
-        out = label - xp.asarray(1, dtype=dtype)
-        return xp.where(out == -2, xp.asarray(-1, dtype=dtype), out).astype(dtype)
-    # Same three steps as mmseg; with 0 already moved to 255 the subtraction never wraps
-    # for uint8.
-    out = xp.where(label == 0, xp.asarray(255, dtype=dtype), label)
-    out = out - xp.asarray(1, dtype=dtype)
-    return xp.where(out == 254, xp.asarray(255, dtype=dtype), out).astype(dtype)
-
-
 def _as_areas_np(areas) -> Areas:
     """Convert 4 arrays ([K] or [..., K], numpy or JAX) to int64 [K] totals."""
     if isinstance(areas, dict):
@@ -290,7 +95,7 @@ class SegMetricAccumulator:
     Usage::
 
         acc = SegMetricAccumulator(K)
-        for batch: acc.update(jitted_intersect_and_union(pred, label, valid=valid))
+        for pred, label in images: acc.update(intersect_and_union_np(pred, label, K))
         metrics = acc.compute(class_names)
 
     mmseg sums per-image float32 histograms (``pre_eval``); int64 avoids the rounding and
@@ -402,126 +207,3 @@ def compute_metrics(totals, class_names: Sequence[str] | None = None, beta: floa
         class_names=names,
     )
     return out
-
-
-def mmseg_round(x):
-    """``round(100·x, 2) / 100`` exactly as ``CustomDataset.evaluate`` (np.round, half-even)."""
-    return np.round(np.asarray(x, np.float64) * 100, 2) / 100.0
-
-
-def mmseg_eval_results(
-    metrics: dict,
-    class_names: Sequence[str] | None = None,
-    keys: Sequence[str] = ("IoU", "Acc"),
-) -> dict:
-    """The flat dict returned by mmseg ``CustomDataset.evaluate`` (rounded values).
-
-    Args:
-        metrics: output of :func:`compute_metrics`.
-        class_names: defaults to ``metrics['class_names']``.
-        keys: per-class metrics to report; ``('IoU', 'Acc')`` is ``metric='mIoU'``,
-            add ``'Dice'`` / ``'Fscore', 'Precision', 'Recall'`` for mDice / mFscore.
-
-    Returns:
-        ``{'aAcc': .., 'mIoU': .., 'mAcc': .., 'IoU.<name>': .., 'Acc.<name>': .., ...}``;
-        summaries are ``round(100·nanmean(x), 2)/100``, per-class ``round(100·x, 2)/100``.
-    """
-    names = list(class_names) if class_names is not None else list(metrics["class_names"])
-    res = {"aAcc": float(mmseg_round(metrics["aAcc"]))}
-    for key in keys:
-        res["m" + key] = float(mmseg_round(_nanmean(metrics[key])))
-    for key in keys:
-        vals = mmseg_round(metrics[key])
-        for i, name in enumerate(names):
-            res[f"{key}.{name}"] = float(vals[i])
-    return res
-
-
-def _fmt(x: float, digits: int) -> str:
-    return "nan" if x is None or math.isnan(x) else f"{100 * x:.{digits}f}"
-
-
-def format_table(
-    metrics: dict,
-    class_names: Sequence[str] | None = None,
-    keys: Sequence[str] = ("IoU", "Acc"),
-    digits: int = 2,
-) -> str:
-    """Console table: one row per class (name, IoU, Acc in %), then the summary row.
-
-    Args:
-        metrics: output of :func:`compute_metrics`.
-        class_names: defaults to ``metrics['class_names']``.
-        keys: per-class columns.
-        digits: decimals of the percentages.
-
-    Returns:
-        A multi-line string (no trailing newline).
-    """
-    names = list(class_names) if class_names is not None else list(metrics["class_names"])
-    header = ["Class", *keys]
-    rows = [[n, *(_fmt(float(metrics[k][i]), digits) for k in keys)] for i, n in enumerate(names)]
-    summary_header = ["aAcc", *("m" + k for k in keys)]
-    summary = [_fmt(metrics["aAcc"], digits), *(_fmt(metrics["m" + k], digits) for k in keys)]
-
-    def block(head, body, name_col):
-        widths = [max(len(str(r[c])) for r in [head, *body]) for c in range(len(head))]
-        sep = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
-        # Class names left-aligned, numbers right-aligned, so decimal points line up.
-        line = lambda r: "| " + " | ".join(
-            str(v).ljust(w) if (name_col and c == 0) else str(v).rjust(w)
-            for c, (v, w) in enumerate(zip(r, widths, strict=True))
-        ) + " |"
-        return [sep, line(head), sep, *(line(r) for r in body), sep]
-
-    return "\n".join(["per class results:", *block(header, rows, True),
-                      "Summary:", *block(summary_header, [summary], False)])
-
-
-def _json_num(x):
-    """JSON has no NaN: write null (strict JSON parsers reject NaN literals)."""
-    x = float(x)
-    return None if math.isnan(x) else x
-
-
-_PER_CLASS = ("IoU", "Acc", "Dice", "Fscore", "Precision", "Recall")
-_AREAS = ("area_intersect", "area_union", "area_pred", "area_label")
-
-
-def write_metrics_json(path: str | os.PathLike, metrics: dict, extra: dict | None = None) -> None:
-    """Write metrics as JSON: summaries, ``per_class`` {name: {IoU, Acc, ..., areas}}.
-
-    NaN becomes ``null``. ``extra`` (JSON-serializable) is stored under ``"extra"``.
-    """
-    summary_keys = ["aAcc", *("m" + k for k in _PER_CLASS)]
-    doc: dict[str, Any] = {k: _json_num(metrics[k]) for k in summary_keys if k in metrics}
-    per_class = {}
-    for i, name in enumerate(metrics["class_names"]):
-        row = {k: _json_num(metrics[k][i]) for k in _PER_CLASS if k in metrics}
-        row.update({k: int(metrics[k][i]) for k in _AREAS if k in metrics})
-        per_class[name] = row
-    doc["per_class"] = per_class
-    if extra is not None:
-        doc["extra"] = extra
-    with open(path, "w") as f:
-        json.dump(doc, f, indent=2)
-
-
-def write_metrics_csv(path: str | os.PathLike, metrics: dict) -> None:
-    """Write one CSV row per class: class, IoU, Acc, Dice, Fscore, Precision, Recall, areas.
-
-    Values are fractions (not %) written with ``repr`` (round-trips float64 exactly), NaN as
-    ``nan``. Two summary rows follow: ``mean`` (the nanmeans mIoU, mAcc, ...) and ``aAcc``
-    (overall pixel accuracy, in the ``Acc`` column).
-    """
-    cols = [k for k in _PER_CLASS if k in metrics]
-    areas = [k for k in _AREAS if k in metrics]
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["class", *cols, *areas])
-        for i, name in enumerate(metrics["class_names"]):
-            w.writerow([name, *(repr(float(metrics[k][i])) for k in cols),
-                        *(int(metrics[k][i]) for k in areas)])
-        w.writerow(["mean", *(repr(float(metrics["m" + k])) for k in cols), *([""] * len(areas))])
-        w.writerow(["aAcc", *(repr(float(metrics["aAcc"])) if k == "Acc" else "" for k in cols),
-                    *([""] * len(areas))])

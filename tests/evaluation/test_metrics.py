@@ -1,4 +1,4 @@
-"""Tests of rankseg_jax.metrics against the official mmseg fixtures and hand-computed cases."""
+"""Tests of evaluation.metrics, .multilabel and .reports: official mmseg fixtures, hand cases."""
 
 import csv
 import json
@@ -11,6 +11,9 @@ import pytest
 
 from rankseg_jax.evaluation import metrics as M
 from rankseg_jax.evaluation import multilabel as ML
+from rankseg_jax.evaluation import reports as R
+from tests.reference import mmseg_metrics as P
+from tests.reference import official_multilabel as O
 
 K = 20
 IGNORE = 255
@@ -31,7 +34,7 @@ def _pairs(fx, tag):
         pred = fx[f"{tag}.pred_{i}"]
         label = fx[f"{tag}.label_{i}"]
         if tag == "rzl1":
-            label = M.reduce_zero_label(label)
+            label = P.reduce_zero_label(label)
         out.append((pred, label))
     return out
 
@@ -59,7 +62,7 @@ def _check_areas(areas, fx, tag):
 
 @pytest.mark.parametrize("tag", TAGS)
 def test_areas_numpy_and_jax_match_fixture(fx, tag):
-    iau = jax.jit(M.intersect_and_union, static_argnums=(2, 3))
+    iau = jax.jit(P.intersect_and_union, static_argnums=(2, 3))
     acc_np = M.SegMetricAccumulator(K)
     acc_jax = M.SegMetricAccumulator(K)
     for pred, label in _pairs(fx, tag):
@@ -90,7 +93,7 @@ def test_metrics_match_fixture(fx, tag):
     # The float32 pre_eval path of mmseg agrees up to float32 rounding.
     np.testing.assert_allclose(m["IoU"], fx[f"{tag}.pre_eval_IoU"], rtol=1e-6, atol=1e-7)
     # mmseg_round / CustomDataset.evaluate: exact equality, NaN positions included.
-    res = M.mmseg_eval_results(m)
+    res = P.mmseg_eval_results(m)
     for key in ("aAcc", "mIoU", "mAcc"):
         assert res[key] == float(fx[f"{tag}.dataset_eval_{key}"]), key
     for key in ("IoU", "Acc"):
@@ -127,10 +130,10 @@ def test_batched_with_padding_equals_per_image_sums(fx, tag):
         pred[i, :h, :w] = p
         label[i, :h, :w] = lab
         valid[i, :h, :w] = True
-    f = jax.jit(M.intersect_and_union, static_argnums=(2, 3))
+    f = jax.jit(P.intersect_and_union, static_argnums=(2, 3))
     _check_areas(f(pred, label, K, IGNORE, jnp.asarray(valid)), fx, tag)
 
-    fpi = jax.jit(M.intersect_and_union_per_image, static_argnums=(2, 3))
+    fpi = jax.jit(P.intersect_and_union_per_image, static_argnums=(2, 3))
     per = fpi(pred, label, K, IGNORE, jnp.asarray(valid))
     for i, (p, lab) in enumerate(pairs):
         ref = M.intersect_and_union_np(p, lab, K, IGNORE)
@@ -151,7 +154,7 @@ def test_batched_with_padding_equals_per_image_sums(fx, tag):
 
 def test_confusion_matrix_consistent_with_areas(fx):
     pred, label = _pairs(fx, "rzl1")[1]
-    cm = np.asarray(jax.jit(M.confusion_matrix, static_argnums=(2, 3))(pred, label, K, IGNORE))
+    cm = np.asarray(jax.jit(P.confusion_matrix, static_argnums=(2, 3))(pred, label, K, IGNORE))
     a = M.intersect_and_union_np(pred, label, K, IGNORE)
     np.testing.assert_array_equal(np.diag(cm), a.area_intersect)
     np.testing.assert_array_equal(cm.sum(1), a.area_label)
@@ -161,10 +164,10 @@ def test_confusion_matrix_consistent_with_areas(fx):
 def test_reduce_zero_label_fixture_and_no_mutation(fx):
     raw = fx["rzl1.label_0"]
     before = raw.copy()
-    red = M.reduce_zero_label(raw)
+    red = P.reduce_zero_label(raw)
     np.testing.assert_array_equal(raw, before)  # mmseg mutates its input; we must not
     # JAX input gives the same result (usable inside jit).
-    np.testing.assert_array_equal(np.asarray(jax.jit(M.reduce_zero_label)(jnp.asarray(raw))), red)
+    np.testing.assert_array_equal(np.asarray(jax.jit(P.reduce_zero_label)(jnp.asarray(raw))), red)
 
 
 # --------------------------------------------------------------------------------------------
@@ -181,7 +184,7 @@ def test_hand_areas_ignore_and_out_of_range():
     label = np.array([[0, 1, 255], [2, 1, -1]])
     exp = ([1, 2, 0], [1, 3, 1], [1, 3, 0], [1, 2, 1])
     for areas in (M.intersect_and_union_np(pred, label, 3),
-                  M.intersect_and_union(jnp.asarray(pred), jnp.asarray(label), 3)):
+                  P.intersect_and_union(jnp.asarray(pred), jnp.asarray(label), 3)):
         for got, e in zip(areas, exp, strict=True):
             np.testing.assert_array_equal(np.asarray(got), e)
     m = M.compute_metrics(M.intersect_and_union_np(pred, label, 3))
@@ -196,23 +199,23 @@ def test_hand_areas_ignore_and_out_of_range():
 def test_hand_reduce_zero_label():
     # uint8: 0 -> 255, L -> L-1, 254 -> 253 (only the *result* 254 maps to 255), 255 -> 255
     x = np.array([0, 1, 2, 254, 255], np.uint8)
-    y = M.reduce_zero_label(x)
+    y = P.reduce_zero_label(x)
     np.testing.assert_array_equal(y, [255, 0, 1, 253, 255])
     assert y.dtype == np.uint8
     np.testing.assert_array_equal(x, [0, 1, 2, 254, 255])
     # int16: label - 1, then -2 -> -1: [-1, 0, 1, 5] -> [-1, -1, 0, 4]
     z = np.array([-1, 0, 1, 5], np.int16)
-    np.testing.assert_array_equal(M.reduce_zero_label(z, int16=True), [-1, -1, 0, 4])
+    np.testing.assert_array_equal(P.reduce_zero_label(z, int16=True), [-1, -1, 0, 4])
 
 
 def test_hand_class_histogram():
     # img0 [0,0,255] -> [2,0,0]; img1 [2,-1,2] -> [0,0,2] (-1 out of range, not class 0)
     label = jnp.array([[[0, 0, 255]], [[2, -1, 2]]])
-    h = jax.jit(M.class_histogram, static_argnums=(1, 2))(label, 3, 255)
+    h = jax.jit(P.class_histogram, static_argnums=(1, 2))(label, 3, 255)
     np.testing.assert_array_equal(np.asarray(h), [[2, 0, 0], [0, 0, 2]])
     # masking the last pixel of img1 (padding) -> [0,0,1]
     valid = jnp.array([[[True, True, True]], [[True, True, False]]])
-    np.testing.assert_array_equal(np.asarray(M.class_histogram(label, 3, 255, valid)),
+    np.testing.assert_array_equal(np.asarray(P.class_histogram(label, 3, 255, valid)),
                                   [[2, 0, 0], [0, 0, 1]])
 
 
@@ -245,10 +248,10 @@ EXP_TOPK = {
     "img_AP": ([1 / 2, 0, 1 / 3], [True, False, True], 5 / 12),
 }
 NP_FUNCS = {
-    "img_recall": ML.img_recall,
-    "pixel_recall": ML.pixel_recall,
-    "img_accuracy": ML.img_accuracy,
-    "img_AP": ML.average_precision,
+    "img_recall": O.img_recall,
+    "pixel_recall": O.pixel_recall,
+    "img_accuracy": O.img_accuracy,
+    "img_AP": O.average_precision,
 }
 JAX_FUNCS = {
     "img_recall": ML.img_recall_per_image,
@@ -262,13 +265,13 @@ def test_ap_two_gt_ranks_0_and_3():
     hist = np.array([[1, 0, 0, 1, 0]])
     ranking = np.array([[0, 1, 2, 3, 4]])
     expected = (1 / 1 + 2 / 4) / 2  # GT at ranks 0 and 3
-    assert ML.average_precision(hist, ranking) == pytest.approx(expected)
+    assert O.average_precision(hist, ranking) == pytest.approx(expected)
     v, ok = ML.average_precision_per_image(hist, ranking)
     assert float(v[0]) == pytest.approx(expected) and bool(ok[0])
 
 
 def test_ap_full_ranking():
-    assert ML.average_precision(HIST, RANK) == pytest.approx(np.mean(AP_FULL))
+    assert O.average_precision(HIST, RANK) == pytest.approx(np.mean(AP_FULL))
     v, ok = jax.jit(ML.average_precision_per_image)(HIST, RANK)
     np.testing.assert_array_equal(np.asarray(ok), [True, False, True])
     np.testing.assert_allclose(np.asarray(v)[[0, 2]], AP_FULL, rtol=1e-6)
@@ -289,10 +292,10 @@ def test_multilabel_no_gt_batch():
     # 0, AP has no such rule and is the mean of an empty set = NaN.
     hist = np.zeros((2, 4))
     topk = np.array([[0, 1], [2, 3]])
-    assert ML.img_recall(hist, topk) == 1.0
-    assert ML.pixel_recall(hist, topk) == 1.0
-    assert ML.img_accuracy(hist, topk) == 0.0
-    assert math.isnan(ML.average_precision(hist, topk))
+    assert O.img_recall(hist, topk) == 1.0
+    assert O.pixel_recall(hist, topk) == 1.0
+    assert O.img_accuracy(hist, topk) == 0.0
+    assert math.isnan(O.average_precision(hist, topk))
     acc = ML.MultiLabelMetricAccumulator().update(ML.multilabel_metrics_per_image(hist, topk))
     out = acc.compute()
     assert out["img_recall"] == 1.0 and out["pixel_recall"] == 1.0
@@ -338,7 +341,7 @@ def test_jax_ap_matches_official_port_random():
     for lst in (rank, rank[:, :5]):
         v, ok = ML.average_precision_per_image(hist, lst)
         v, ok = np.asarray(v, np.float64), np.asarray(ok)
-        assert ML.average_precision(hist, lst) == pytest.approx(v[ok].mean(), rel=1e-6)
+        assert O.average_precision(hist, lst) == pytest.approx(v[ok].mean(), rel=1e-6)
         for name in ("img_recall", "pixel_recall", "img_accuracy"):
             pv, pok = (np.asarray(a) for a in JAX_FUNCS[name](hist, lst))
             assert NP_FUNCS[name](hist, lst) == pytest.approx(pv[pok].mean(), rel=1e-6)
@@ -354,14 +357,14 @@ def test_table_json_csv(fx, tmp_path):
     for pred, label in _pairs(fx, "rzl0"):
         acc.update(M.intersect_and_union_np(pred, label, K, IGNORE))
     m = acc.compute(NAMES)
-    table = M.format_table(m)
+    table = R.format_table(m)
     assert "class00" in table and "57.73" in table and "34.65" in table  # IoU_0, mIoU (%)
-    M.write_metrics_json(tmp_path / "m.json", m)
+    R.write_metrics_json(tmp_path / "m.json", m)
     doc = json.loads((tmp_path / "m.json").read_text())
     assert doc["mIoU"] == m["mIoU"]
     assert doc["per_class"]["class19"]["IoU"] is None  # NaN -> null
     assert doc["per_class"]["class00"]["area_label"] == 1234
-    M.write_metrics_csv(tmp_path / "m.csv", m)
+    R.write_metrics_csv(tmp_path / "m.csv", m)
     with open(tmp_path / "m.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert rows[0]["class"] == "class00" and float(rows[0]["IoU"]) == m["IoU"][0]
