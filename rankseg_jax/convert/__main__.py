@@ -62,12 +62,17 @@ def main(argv):
     print(f"wrote {out}/params and {out}/metadata.json")
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """Console-script entry point (`rankseg-convert`)."""
     root = str(pathlib.Path(__file__).resolve().parents[2])
-    if root not in sys.path:  # `configs` lives at the repo root
-        sys.path.insert(0, root)
+    if pathlib.Path(root, "configs").is_dir() and root not in sys.path:
+        sys.path.insert(0, root)  # a source checkout: `--config=configs/...` files import it
     # Accept --allow-partial / --reset-head as well as the underscore spellings.
     argv = [a.split("=", 1)[0].replace("-", "_").replace("__", "--", 1)
             + (a[len(a.split("=", 1)[0]):]) if a.startswith("--") else a for a in sys.argv]
     flags.mark_flags_as_required(["config", "src", "out"])
     app.run(main, argv=argv)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,110 @@
+"""The command line: train, evaluate, predict or export (`main.py` and `rankseg-jax`).
+
+    python main.py --config=configs/demo.py --workdir=/tmp/demo
+    python main.py --config=configs/ade20k.py --workdir=runs/ade --mode=eval
+    python main.py --mode=predict --checkpoint=/tmp/demo --input=images/ --output=/tmp/pred
+    python main.py --mode=export --checkpoint=/tmp/demo --export_size=512,512 \
+        --output=/tmp/model.jax
+For eval, predict and export `--config` is optional when `--checkpoint`/`--workdir` is a run
+directory: its saved config.json is used.
+Override any option with --config.train.steps=100 etc. Multi-process: pass
+--coordinator_address/--num_processes/--process_id (or --distributed for auto-detection on
+managed clusters); each process then reads its own slice of the data.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import jax
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:variant]); "
+                                "optional for eval/predict/export of a run directory.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", "", "Run directory: checkpoints, logs, metrics.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "predict", "export"], "What to do.")
+flags.DEFINE_string("checkpoint", "", "eval/predict weights: params-only dir, run dir, "
+                    ".pth; default: latest checkpoint in --workdir.")
+flags.DEFINE_string("input", "", "predict: an image file or a folder of images.")
+flags.DEFINE_string("output", "", "predict: output folder; export: the artifact file.")
+flags.DEFINE_list("export_size", ["512", "512"], "export: input height,width.")
+flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (auto-detect).")
+flags.DEFINE_string("coordinator_address", "", "host:port of process 0 (multi-process).")
+flags.DEFINE_integer("num_processes", 1, "Number of processes (multi-process).")
+flags.DEFINE_integer("process_id", 0, "This process's index (multi-process).")
+
+
+def _maybe_initialize_distributed() -> None:
+    if FLAGS.num_processes > 1 or FLAGS.coordinator_address:
+        jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address or None,
+                                   num_processes=FLAGS.num_processes,
+                                   process_id=FLAGS.process_id)
+    elif FLAGS.distributed:
+        jax.distributed.initialize()
+
+
+def _quiet_libraries() -> None:
+    """Keeps the console readable: library INFO chatter (orbax logs every save step by step)
+    goes away unless --verbosity is given; our own `rankseg_jax` INFO messages stay."""
+    if not FLAGS["verbosity"].present:
+        absl_logging.set_verbosity(absl_logging.WARNING)
+        logging.getLogger("rankseg_jax").setLevel(logging.INFO)
+
+
+def main(argv):
+    del argv
+    _maybe_initialize_distributed()
+    _quiet_libraries()
+    if jax.process_index() != 0:
+        logging.getLogger().setLevel(logging.WARNING)
+        logging.getLogger("rankseg_jax").setLevel(logging.WARNING)
+    config = FLAGS.config
+    if FLAGS.mode == "train":
+        if config is None:
+            raise app.UsageError("--config is required for training")
+        if not FLAGS.workdir:
+            raise app.UsageError("--workdir is required for training")
+        from rankseg_jax.train import loop
+        loop.train_and_evaluate(config, FLAGS.workdir)
+        return
+    import rankseg_jax
+    from rankseg_jax import config as config_lib
+    source = FLAGS.checkpoint or FLAGS.workdir
+    if not source:
+        raise app.UsageError(f"--mode={FLAGS.mode} needs --checkpoint or a --workdir holding "
+                             "checkpoints")
+    if config is None:
+        from rankseg_jax.config import serialization
+        config = serialization.load(source)
+    config_lib.validate(config, check_files=False)
+    if FLAGS.mode == "eval":  # the dataset must be there; the run's init weights need not
+        from rankseg_jax.config import validation
+        validation.validate_data(config, check_files=True)
+    config, model = rankseg_jax.load_model(source, config)
+    if FLAGS.mode == "eval":
+        from rankseg_jax.evaluation import evaluate
+        evaluate.evaluate(config, model, FLAGS.workdir or None)
+    elif FLAGS.mode == "predict":
+        if not FLAGS.input or not FLAGS.output:
+            raise app.UsageError("--mode=predict needs --input and --output")
+        from rankseg_jax.evaluation import predict
+        predict.predict(config, model, FLAGS.input, FLAGS.output)
+    else:
+        if not FLAGS.output:
+            raise app.UsageError("--mode=export needs --output (the artifact file)")
+        from rankseg_jax.evaluation import export
+        hw = tuple(int(v) for v in FLAGS.export_size)
+        export.save_exported(export.export_inference(config, model, hw), FLAGS.output)
+        print(f"wrote {FLAGS.output} (input [B, {hw[0]}, {hw[1]}, 3] float32, normalised)")
+
+
+def run() -> None:
+    """Console-script entry point (`rankseg-jax`)."""
+    app.run(main)
+
+if __name__ == "__main__":
+    run()
