@@ -4,6 +4,7 @@ segments, unmatched predictions), and `pq_compute` on COCO-panoptic files incl. 
 case."""
 
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -286,3 +287,28 @@ def test_reports(tmp_path):
     rows = (tmp_path / "pq.csv").read_text().splitlines()
     assert rows[1].startswith("person,1,") and float(rows[2].split(",")[2]) == 10 / 13
     assert rows[-3].startswith("All,") and rows[-3].split(",")[5] == "3"
+
+
+def test_official_panoptic_outputs_against_the_fixture_gt():
+    # The official panoptic inference outputs of the tiny models (eval.npz, image 0 at its GT
+    # size) scored against the fixture's GT map: same counts and PQ as the port.
+    fix = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "official_mask2former"
+    inputs, ev = np.load(fix / "inputs.npz"), np.load(fix / "eval.npz")
+    gt = inputs["pan_map.img0"]
+    gt_cls = {1: 0, 2: 3, 3: 7, 4: 7, 5: 10, 6: 5}  # the fixture README's segments of image 0
+    gs = [{"id": i, "category_id": c, "iscrowd": 0, "area": int((gt == i).sum())}
+          for i, c in gt_cls.items()]
+    cats = {c: {"id": c, "isthing": int(c in (7, 8, 10))} for c in range(12)}
+    for run in ("pan_plain", "pan_rankseg", "pan_gt"):
+        pr = ev[f"{run}.panoptic_seg.img0"]
+        ps = [{"id": int(i), "category_id": int(c)} for i, c, _ in ev[f"{run}.segments.img0"]]
+        stat = ref.PQStat()
+        ref.pq_single_image(stat, 0, gt, gs, pr, ps, cats)
+        mine = pq.pq_image_stats(gt, pq.segment_table(gs), pr, pq.segment_table(ps), 12)
+        for c in range(12):
+            assert (mine.tp[c], mine.fp[c], mine.fn[c]) == (stat[c].tp, stat[c].fp, stat[c].fn)
+        acc = pq.PQAccumulator(12, (7, 8, 10)).update(mine)
+        expected = ref.summarize(stat, cats)
+        for g in ("All", "Things", "Stuff"):
+            if expected[g]["n"]:
+                assert abs(acc.compute()[g]["pq"] - expected[g]["pq"]) < 1e-15
