@@ -3,8 +3,15 @@
 Why matrices: `jax.image.resize` does not reproduce PyTorch's bicubic (it uses Keys A=-0.5,
 renormalises border weights and antialiases when downsampling; up to 0.3-0.4 off on
 unit-variance data) and has no adaptive pooling. Each op here is `out = M_h @ x @ M_w^T` with
-small constant matrices built in float64 on the host from static shapes, so it is exact, jit
-friendly and runs as matmuls on every backend.
+small constant matrices built on the host from static shapes, so it is jit friendly and runs
+as matmuls on every backend.
+
+The bilinear and bicubic weights are torch's own float32 values, bit for bit: torch computes
+the source coordinate in float32 (scale = float(n_in) / n_out, src = scale * (o + 0.5) - 0.5,
+one rounding) and the weights from it in float32. Exact float64 coordinates differ from them
+by up to ~5e-5 (e.g. 683 -> 96); only exact ratios (512 -> 2048, 24 -> 32) agree. What stays
+different is the summation order of the weighted taps (a matmul vs torch's nested
+multiply-adds), i.e. float32 rounding of the output (a few ulp of max|x|).
 
 All functions act on the two spatial axes given by `axes` (default: the last two, NCHW-style).
 """
@@ -17,51 +24,108 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-_CUBIC_A = -0.75  # torch's cubic convolution coefficient
+_F32 = np.float32
+_CUBIC_A = _F32(-0.75)  # torch's cubic convolution coefficient
 
 
-def _cubic_weight(s: np.ndarray) -> np.ndarray:
-    s = np.abs(s)
+def fma32(a, b, c) -> np.ndarray:
+    """Correctly rounded float32 fused multiply-add a * b + c (float32 array in, out).
+
+    torch's CPU kernels are compiled with FMA contraction, so some of their `x * y + z` round
+    once. The product of two float32 values is exact in float64; the float64 sum is exact up to
+    its TwoSum error `e`, which only matters when the float64 sum lies exactly on a float32
+    rounding midpoint (then `e` decides the side).
+    """
+    a, b, c = (np.asarray(v, _F32).astype(np.float64) for v in (a, b, c))
+    p = a * b
+    s = p + c
+    bb = s - p
+    e = (p - (s - bb)) + (c - bb)  # TwoSum: p + c == s + e exactly
+    r = s.astype(_F32)
+    toward = np.nextafter(r, np.where(s > r, _F32(np.inf), _F32(-np.inf))).astype(_F32)
+    mid = (r.astype(np.float64) + toward.astype(np.float64)) / 2
+    # On a midpoint (s rounded to even r) the exact value s + e lies on e's side of it.
+    fix = (s == mid) & (e != 0) & (np.sign(e) == np.sign(toward.astype(np.float64) - s))
+    return np.where(fix, toward, r).astype(_F32)
+
+
+def source_index(n_in: int, n_out: int) -> np.ndarray:
+    """torch's float32 source coordinates for align_corners=False: [n_out] float32.
+
+    `area_pixel_compute_scale` / `area_pixel_compute_source_index` (ATen/native/UpSample.h):
+    scale = float(n_in) / n_out in float32, src = scale * (o + 0.5f) - 0.5f, the multiply-add
+    contracted to one FMA as in the compiled kernel (bilinear weights match torch to the bit
+    only that way). Not clamped here.
+    """
+    scale = _F32(n_in) / _F32(n_out)
+    o = np.arange(n_out, dtype=_F32) + _F32(0.5)
+    return fma32(scale, o, _F32(-0.5))
+
+
+def _cubic_near(x: np.ndarray) -> np.ndarray:
+    # cubic_convolution1: ((A + 2) * x - (A + 3)) * x * x + 1, float32, the inner multiply-add
+    # fused (as torch's compiled CPU kernel rounds it).
     a = _CUBIC_A
-    near = ((a + 2) * s - (a + 3)) * s * s + 1
-    far = ((a * s - 5 * a) * s + 8 * a) * s - 4 * a
-    return np.where(s <= 1, near, np.where(s < 2, far, 0.0))
+    t = fma32(a + _F32(2), x, -(a + _F32(3)))
+    return ((t * x).astype(_F32) * x).astype(_F32) + _F32(1)
+
+
+def _cubic_far(x: np.ndarray) -> np.ndarray:
+    # cubic_convolution2: ((A * x - 5 * A) * x + 8 * A) * x - 4 * A, float32, the first two
+    # multiply-adds fused (as torch's compiled CPU kernel rounds it).
+    a = _CUBIC_A
+    t = fma32(a, x, _F32(-5) * a)
+    t = fma32(t, x, _F32(8) * a)
+    return (t * x).astype(_F32) - _F32(4) * a
+
+
+def _accumulate(n_in: int, idx: np.ndarray, weights: list[np.ndarray]) -> np.ndarray:
+    # Taps clamped onto the same input index add up (in float32, tap order, as torch sums).
+    m = np.zeros((idx.shape[1], n_in), _F32)
+    rows = np.arange(idx.shape[1])
+    for k, w in enumerate(weights):
+        np.add.at(m, (rows, idx[k]), w.astype(_F32))
+    return m
 
 
 @functools.lru_cache(maxsize=256)
 def bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """Returns the [n_out, n_in] float64 matrix of torch bicubic (align_corners=False).
+    """Returns the [n_out, n_in] float32 matrix of torch bicubic (align_corners=False).
 
-    src = (o + 0.5) * n_in / n_out - 0.5 (not clamped), taps i0-1..i0+2 clamped to the border,
-    no antialiasing (also when downsampling).
+    As torch's CPU kernel (`HelperInterpCubic`, UpSampleKernel.cpp): src from
+    `source_index` (not clamped), i0 = min(floor(src), n_in - 1), t = clamp(src - i0, 0, 1),
+    coefficients `get_cubic_upsample_coefficients(t)` in float32 (A = -0.75; x + 1 and 1 - t
+    rounded to float32), taps i0-1..i0+2 clamped to the border, no antialiasing (also when
+    downsampling). Read-only (cached).
     """
-    m = np.zeros((n_out, n_in), np.float64)
-    scale = n_in / n_out
-    for o in range(n_out):
-        src = (o + 0.5) * scale - 0.5
-        i0 = int(np.floor(src))
-        t = src - i0
-        for k in range(-1, 3):
-            m[o, min(max(i0 + k, 0), n_in - 1)] += _cubic_weight(np.array(t - k))
+    src = source_index(n_in, n_out)
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    t = np.clip(src - i0.astype(_F32), _F32(0), _F32(1)).astype(_F32)
+    t2 = (_F32(1) - t).astype(_F32)
+    weights = [_cubic_far((t + _F32(1)).astype(_F32)), _cubic_near(t), _cubic_near(t2),
+               _cubic_far((t2 + _F32(1)).astype(_F32))]
+    idx = np.stack([np.clip(i0 + k - 1, 0, n_in - 1) for k in range(4)])
+    m = _accumulate(n_in, idx, weights)
+    m.flags.writeable = False
     return m
 
 
 @functools.lru_cache(maxsize=256)
 def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """Returns the [n_out, n_in] float64 matrix of torch bilinear (align_corners=False).
+    """Returns the [n_out, n_in] float32 matrix of torch bilinear (align_corners=False).
 
-    src = max((o + 0.5) * n_in / n_out - 0.5, 0); the upper neighbour is clamped to n_in - 1.
-    No antialiasing.
+    As `compute_source_index_and_lambda` (ATen/native/UpSample.h): src = max(source_index, 0),
+    i0 = min(floor(src), n_in - 1), l1 = clamp(src - i0, 0, 1), l0 = 1 - l1 (float32); the
+    upper neighbour is clamped to n_in - 1. No antialiasing. Every weight equals torch's to the
+    bit. Read-only (cached).
     """
-    m = np.zeros((n_out, n_in), np.float64)
-    scale = n_in / n_out
-    for o in range(n_out):
-        src = max((o + 0.5) * scale - 0.5, 0.0)
-        i0 = min(int(np.floor(src)), n_in - 1)
-        i1 = min(i0 + 1, n_in - 1)
-        t = src - i0
-        m[o, i0] += 1.0 - t
-        m[o, i1] += t
+    src = np.maximum(source_index(n_in, n_out), _F32(0))
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    l1 = np.clip(src - i0.astype(_F32), _F32(0), _F32(1)).astype(_F32)
+    l0 = (_F32(1) - l1).astype(_F32)
+    i1 = np.where(i0 < n_in - 1, i0 + 1, i0)
+    m = _accumulate(n_in, np.stack([i0, i1]), [l0, l1])
+    m.flags.writeable = False
     return m
 
 

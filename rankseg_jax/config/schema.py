@@ -174,7 +174,10 @@ def base_config() -> mlc.ConfigDict:
     o.power = 0.9
     o.min_lr = 1e-5
     o.warmup_steps = 0  # mmcv linear warmup over the first N iterations (0 = none)
-    o.warmup_ratio = 1e-6  # warmup starts at warmup_ratio * lr
+    # Warmup starts at warmup_ratio * lr. The official configs do not warm up; mmcv's hook
+    # default is 0.1; mmseg's transformer configs that do (Swin, SegFormer: linear, 1500
+    # iterations) use 1e-6.
+    o.warmup_ratio = 1e-6
     o.clip_grad_norm = 0.0  # 0 disables
     o.b1 = 0.9
     o.b2 = 0.999

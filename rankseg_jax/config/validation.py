@@ -108,6 +108,8 @@ def validate_optim(config: mlc.ConfigDict) -> None:
     _finite(o.lr, "optim.lr", low=0.0, low_open=True)
     if o.warmup_steps < 0 or o.warmup_steps >= max(config.train.steps, 1) and o.warmup_steps:
         raise ConfigError(f"optim.warmup_steps={o.warmup_steps} must be in [0, train.steps)")
+    if o.warmup_steps:  # mmcv LrUpdaterHook asserts 0 < warmup_ratio <= 1
+        _finite(o.warmup_ratio, "optim.warmup_ratio", low=0.0, high=1.0, low_open=True)
     for item in o.decay_mult:
         if len(item) != 2 or not isinstance(item[0], str):
             raise ConfigError(f"optim.decay_mult entry {item!r} is not a (substring, mult) pair")

@@ -37,11 +37,36 @@ def asymmetric_loss(logits: jax.Array, targets: jax.Array, *, gamma_neg: float =
     return -loss.sum() / y.size
 
 
+@jax.custom_vjp
+def _bce_mean(x: jax.Array, y: jax.Array) -> jax.Array:
+    # softplus(x) - x*y == (1 - y) * x - log_sigmoid(x), torch's forward, stable for any x.
+    return jnp.mean(jax.nn.softplus(x) - x * y)
+
+
+def _bce_mean_fwd(x, y):
+    return _bce_mean(x, y), (x, y)
+
+
+def _bce_mean_bwd(res, g):
+    # torch `binary_cross_entropy_with_logits_backward` (reduction='mean'):
+    # (sigmoid(x) - y) * grad / numel, i.e. (0.5 - y) / numel at x = 0. Autodiff through
+    # max(x, 0) + log1p(exp(-|x|)) gives -y / numel there; through softplus it is
+    # exp(x - softplus(x)), up to ~5 ulp off torch elsewhere (this form: <= 1 ulp).
+    x, y = res
+    n = jnp.asarray(x.size, x.dtype)
+    return (jax.nn.sigmoid(x) - y) * g / n, -(x * g) / n
+
+
+_bce_mean.defvjp(_bce_mean_fwd, _bce_mean_bwd)
+
+
 def bce_with_logits(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """torch BCEWithLogitsLoss(reduction='mean'): mean over B*K. Returns a float32 scalar."""
-    x = logits.astype(jnp.float32)
-    y = targets.astype(jnp.float32)
-    return jnp.mean(jnp.maximum(x, 0) - x * y + jnp.log1p(jnp.exp(-jnp.abs(x))))
+    """torch BCEWithLogitsLoss(reduction='mean'): mean over B*K. Returns a float32 scalar.
+
+    logits, targets: [B, K] (targets in [0, 1]). The gradient is torch's formula
+    (sigmoid(x) - y) / (B*K), exact at x = 0.
+    """
+    return _bce_mean(logits.astype(jnp.float32), targets.astype(jnp.float32))
 
 
 def image_loss(logits: jax.Array, targets: jax.Array, cfg: mlc.ConfigDict) -> jax.Array:

@@ -19,6 +19,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections as mlc
+import numpy as np
 import optax
 
 from rankseg_jax import param_paths
@@ -31,12 +32,26 @@ SCHEDULES = ("poly", "constant")
 # --------------------------------------------------------------------------- schedule
 
 
+def linear_warmup_factors(warmup_steps: int, ratio: float) -> np.ndarray:
+    """mmcv linear warmup factors for iterations 0..warmup_steps: float32 [warmup_steps + 1].
+
+    mmcv `LrUpdaterHook.get_warmup_lr` (mmcv/runner/hooks/lr_updater.py), in Python float64:
+    k = (1 - it / warmup_iters) * (1 - ratio), lr = regular_lr * (1 - k) for it < warmup_iters,
+    the regular lr from then on (factor 1). Evaluated here in float64 and rounded once to
+    float32, so iteration 0 gives float32(ratio) (a float32 evaluation of the same expression
+    gives 1.0133e-6 for ratio 1e-6).
+    """
+    it = np.arange(warmup_steps + 1, dtype=np.float64)
+    k = (1.0 - it / warmup_steps) * (1.0 - float(ratio))
+    return (1.0 - k).astype(np.float32)
+
+
 def learning_rate_schedule(config: mlc.ConfigDict) -> optax.Schedule:
     """lr as a function of the iteration (0-based), from `config.optim` and `train.steps`.
 
     poly: `optax.polynomial_schedule` is exactly mmcv's formula (count clipped at max).
     Optional mmcv-style linear warmup multiplies it for the first `optim.warmup_steps`
-    iterations by (1 - (1 - warmup_ratio) * (1 - it / warmup_steps)).
+    iterations by `linear_warmup_factors` (a host table, looked up by iteration).
     """
     o = config.optim
     if o.schedule == "poly":
@@ -48,11 +63,11 @@ def learning_rate_schedule(config: mlc.ConfigDict) -> optax.Schedule:
         raise ValueError(f"optim.schedule={o.schedule!r} is not one of {SCHEDULES}")
     if o.warmup_steps <= 0:
         return base
-    warm, ratio = o.warmup_steps, o.warmup_ratio
+    warm = o.warmup_steps
+    factors = linear_warmup_factors(warm, o.warmup_ratio)
 
     def schedule(count):
-        k = 1.0 - (1.0 - ratio) * (1.0 - jnp.minimum(count, warm) / warm)
-        return base(count) * k
+        return base(count) * jnp.asarray(factors)[jnp.clip(count, 0, warm)]
 
     return schedule
 

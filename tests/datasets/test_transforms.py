@@ -219,6 +219,52 @@ def test_normalize_and_pad():
     assert (p["label"][3:] == -1).all() and (p["label"][:3, :4] == 1).all()
 
 
+def _jpeg_bgr(h: int = 300, w: int = 400) -> np.ndarray:
+    """A real JPEG (smooth colours + texture), encoded and decoded by OpenCV: uint8 BGR."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:h, 0:w] / np.array([h, w])[:, None, None]
+    img = np.stack([255 * yy, 255 * xx, 128 + 100 * np.sin(8 * xx + 5 * yy)], -1)
+    img = np.clip(img + rng.normal(0, 20, img.shape), 0, 255).astype(np.uint8)
+    ok, data = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    assert ok
+    return cv2.imdecode(np.frombuffer(data.tobytes(), np.uint8), cv2.IMREAD_COLOR)
+
+
+def _mmcv_imnormalize(bgr, mean, std):
+    """mmcv/image/photometric.py imnormalize(img, mean, std, to_rgb=True), as mmcv runs it."""
+    img = bgr.copy().astype(np.float32)
+    mean = np.float64(np.asarray(mean).reshape(1, -1))
+    stdinv = 1 / np.float64(np.asarray(std).reshape(1, -1))
+    cv2.cvtColor(img, cv2.COLOR_BGR2RGB, img)
+    cv2.subtract(img, mean, img)
+    cv2.multiply(img, stdinv, img)
+    return img
+
+
+def _numpy_imnormalize(bgr, mean, std):
+    """The same in NumPy from OpenCV's arithm_op rules: `array - scalar` in the array's float32
+    (a non-integer float64 scalar is converted to float32), `array * scalar` in float64 (a
+    float64 scalar makes the work type float64) with one rounding back to float32."""
+    img = bgr[..., ::-1].astype(np.float32)
+    img = img - np.float64(np.asarray(mean)).astype(np.float32)
+    return (img.astype(np.float64) * (1 / np.float64(np.asarray(std)))).astype(np.float32)
+
+
+@pytest.mark.parametrize("mean,std", [((123.675, 116.28, 103.53), (58.395, 57.12, 57.375)),
+                                      ((127.5,) * 3, (127.5,) * 3)])
+def test_normalize_is_mmcv_imnormalize_bit_for_bit(mean, std):
+    bgr = _jpeg_bgr()
+    want = _mmcv_imnormalize(bgr, mean, std)
+    np.testing.assert_array_equal(_numpy_imnormalize(bgr, mean, std), want)
+    got = T.normalize(np.ascontiguousarray(bgr[..., ::-1]), mean, std)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
+    # The test can fail: 1/std rounded to float32 first is 1 ulp off in 20-50% of the values.
+    stdinv32 = (1 / np.asarray(std, np.float64)).astype(np.float32)
+    two_roundings = (bgr[..., ::-1].astype(np.float32) - np.float32(mean)) * stdinv32
+    assert (two_roundings != want).mean() > 0.1
+
+
 def test_train_and_eval_transform_shapes():
     ex = _ex(30, 40)
     kw = dict(scale=(128, 32), ratio_range=(0.5, 2.0), crop=(48, 48), cat_max_ratio=0.75,

@@ -5,6 +5,7 @@ import pytest
 from helpers import small_train_config, tiny_config
 
 from rankseg_jax import config as config_lib
+from rankseg_jax.config import validation
 from rankseg_jax.convert.tables.mmseg import official_names
 from rankseg_jax.train import optim
 
@@ -21,13 +22,47 @@ def test_poly_schedule_matches_mmcv_formula():
     assert optim.lr_at(c, 0) == pytest.approx(1e-3)
 
 
+def _mmcv_linear_warmup(it: int, warmup_iters: int, ratio: float) -> float:
+    """mmcv/runner/hooks/lr_updater.py get_warmup_lr('linear') factor, Python float64."""
+    if it >= warmup_iters:
+        return 1.0
+    k = (1 - it / warmup_iters) * (1 - ratio)
+    return 1 - k
+
+
 def test_linear_warmup_mmcv_style():
     c = tiny_config()
     c.train.steps, c.optim.warmup_steps, c.optim.warmup_ratio = 100, 10, 0.1
     poly = lambda it: (1e-3 - 1e-5) * (1 - it / 100) ** 0.9 + 1e-5  # noqa: E731
-    assert optim.lr_at(c, 0) == pytest.approx(poly(0) * 0.1, rel=1e-5)
-    assert optim.lr_at(c, 5) == pytest.approx(poly(5) * (1 - 0.9 * 0.5), rel=1e-5)
-    assert optim.lr_at(c, 10) == pytest.approx(poly(10), rel=1e-5)
+    for it in (0, 5, 9, 10, 50):
+        want = poly(it) * _mmcv_linear_warmup(it, 10, 0.1)
+        assert optim.lr_at(c, it) == pytest.approx(want, rel=1e-6)
+
+
+@pytest.mark.parametrize("warm,ratio", [(1500, 1e-6), (10, 0.1), (7, 1 / 3), (3, 1e-3)])
+def test_linear_warmup_factor_is_mmcvs_float64_formula_rounded_once(warm, ratio):
+    c = tiny_config()
+    c.train.steps, c.optim.schedule, c.optim.lr = 2 * warm, "constant", 1.0
+    c.optim.warmup_steps, c.optim.warmup_ratio = warm, ratio
+    its = sorted({0, 1, 2, warm // 2, warm - 1, warm, warm + 1})
+    got = np.array([optim.lr_at(c, it) for it in its], np.float32)  # lr 1.0: the factor itself
+    want = np.array([_mmcv_linear_warmup(it, warm, ratio) for it in its], np.float32)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(optim.linear_warmup_factors(warm, ratio),
+                                  [np.float32(_mmcv_linear_warmup(i, warm, ratio))
+                                   for i in range(warm + 1)])
+    assert got[0] == np.float32(ratio)  # float32 1 - (1 - 1e-6) * 1 would be 1.0133e-6
+
+
+def test_warmup_ratio_is_validated():
+    c = tiny_config()
+    c.train.steps, c.optim.warmup_steps = 100, 10
+    for bad in (0.0, 1.5):
+        c.optim.warmup_ratio = bad
+        with pytest.raises(config_lib.ConfigError, match="optim.warmup_ratio"):
+            validation.validate_optim(c)
+    c.optim.warmup_ratio = 1.0
+    validation.validate_optim(c)
 
 
 def test_rankseg_weight_decay_groups_official_spec_7_2():
