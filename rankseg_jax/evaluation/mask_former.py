@@ -10,7 +10,7 @@ Sizes (all static, python ints): `image_size` (h, w) = the resized image before 
 (the original image size). The official order (`maskformer_model.py:365-395`, detectron2
 `sem_seg_postprocess`, postprocessing.py:77-100): mask logits bilinear (torch,
 align_corners=False, no antialias) to (Hp, Wp), crop [:h, :w], bilinear to (H0, W0), then
-sigmoid. Both resizes use torch's float32 interpolation weights (`resize.bilinear_matrix_f32`:
+sigmoid. Both resizes use torch's float32 interpolation weights (`resize.bilinear_matrix`:
 float32 source index, as torch computes it), so the logits match torch to ~1 ulp rather than
 ~1e-5..1e-3. Computing only the first h rows / w columns of the padded resize (the crop folded
 into the resize matrix) evaluates exactly the same sums as resize-then-crop.
@@ -52,7 +52,7 @@ def postprocess_masks(mask_logits: jax.Array, image_size, padded_size,
     """
     (ih, iw), (ph, pw), (oh, ow) = _hw(image_size), _hw(padded_size), _hw(output_size)
     h, w = mask_logits.shape[-2:]
-    mat = resize.bilinear_matrix_f32
+    mat = resize.bilinear_matrix
     # The crop keeps the first ih/iw outputs of the padded resize: slice the matrix rows.
     x = resize.apply_separable(mask_logits, mat(h, ph)[:ih], mat(w, pw)[:iw])
     return resize.apply_separable(x, mat(ih, oh), mat(iw, ow))
