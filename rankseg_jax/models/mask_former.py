@@ -132,6 +132,11 @@ class MaskFormer(nnx.Module):
     backbone: a module mapping images [B, H, W, 3] (and a drop-path key) to {'res2'..'res5'}
     NHWC maps with `cfg.in_channels` channels. rankseg: the RankSeg options, None for the
     plain model. dtype: compute dtype (params float32).
+
+    Ground truth: only the `-gt` oracle (`cfg.gt_oracle`) reads it (`gt_present`, required
+    there). Plain and RankSeg models take none, unlike the official forward, which reads the
+    GT classes of every image in every variant (`maskformer_model.py:251-280`; it crashes
+    without them although plain / RankSeg outputs do not depend on them).
     """
 
     def __init__(self, backbone: nnx.Module, cfg: MaskFormerConfig,

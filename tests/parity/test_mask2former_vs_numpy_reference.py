@@ -14,8 +14,9 @@ Compared for every prediction: class logits (rank space, ml_norm'd, for RankSeg)
 logits; image logits, the ranking (exactly) and the class-order logits inference reads.
 Seeds were chosen with `decision_margins` (asserted here): every cross-attention mask logit
 is >= 3e-4 from 0 and sorted image logits are >= 1e-3 apart, far above float32 error.
-Tolerance 1e-4 absolute (+ 1e-4 relative for the rank-LayerNormed logits, which amplify
-cosine rounding; see test_mask2former_vs_official.py).
+Tolerance: |ours - reference| <= 1e-4 + 1e-5 |reference| (logits reach ~15 here, the float32
+chain is ~30 layers deep: measured max 9.8e-5 on CPU), with 1e-4 relative for the
+rank-LayerNormed logits, which amplify cosine rounding (see test_mask2former_vs_official.py).
 """
 
 import jax
@@ -32,7 +33,7 @@ from rankseg_jax.convert.tables import mask2former as tables
 from tests.reference import mask2former_numpy as M
 from tests.reference.random_mask2former_sd import random_state_dict
 
-ATOL, RTOL_RANK = 1e-4, 1e-4
+ATOL, RTOL, RTOL_RANK = 1e-4, 1e-5, 1e-4
 SMALL = dict(embed_dim=16, conv_dim=32, mask_dim=32, hidden_dim=32, dim_feedforward=64,
              num_classes=10)
 CASES = {
@@ -114,12 +115,12 @@ def test_model_matches_numpy_reference(case):
     assert out["mask_logits"].shape == (num_pred, len(sizes), ref_cfg.num_queries,
                                         padded.shape[2] // 4, padded.shape[3] // 4)
     for p in range(num_pred):
-        np.testing.assert_allclose(out["mask_logits"][p], dec["mask_logits"][p], rtol=0,
+        np.testing.assert_allclose(out["mask_logits"][p], dec["mask_logits"][p], rtol=RTOL,
                                    atol=ATOL, err_msg=f"mask_logits {p}")
     if ref_cfg.rankseg:
         rs = ref["rankseg"]
         np.testing.assert_array_equal(out["topk_index"], rs["topk_index"][:, :-1])
-        np.testing.assert_allclose(out["image_logits"], rs["img_pred"], rtol=0, atol=ATOL)
+        np.testing.assert_allclose(out["image_logits"], rs["img_pred"], rtol=RTOL, atol=ATOL)
         for p in range(num_pred):
             np.testing.assert_allclose(out["class_logits"][p], rs["rank_ln"][p],
                                        rtol=RTOL_RANK, atol=ATOL, err_msg=f"rank_ln {p}")
@@ -131,7 +132,7 @@ def test_model_matches_numpy_reference(case):
         final = ref["mask_cls"]  # -gt: masked final prediction; aux predictions raw
         for p in range(num_pred):
             want = final if p == num_pred - 1 else dec["class_logits"][p]
-            np.testing.assert_allclose(out["class_logits"][p], want, rtol=0, atol=ATOL,
+            np.testing.assert_allclose(out["class_logits"][p], want, rtol=RTOL, atol=ATOL,
                                        err_msg=f"class_logits {p}")
-        rtol = 0.0
+        rtol = RTOL
     np.testing.assert_allclose(out["class_logits_full"], ref["mask_cls"], rtol=rtol, atol=ATOL)

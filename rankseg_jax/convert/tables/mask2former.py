@@ -221,7 +221,7 @@ def export_state_dict(params: Mapping[tuple, np.ndarray], config: mlc.ConfigDict
 
 
 def convert_imagenet_swin(state_dict: Mapping[str, np.ndarray], config: mlc.ConfigDict,
-                          expected: Mapping[tuple, tuple], *, allow_partial: bool = False,
+                          expected: Mapping[tuple, tuple] | None, *, allow_partial: bool = False,
                           source: str = "checkpoint"
                           ) -> tuple[dict[tuple, np.ndarray], engine.Report]:
     """The original Swin ImageNet release (keys without prefix, `.pth` or the `.pkl` of
@@ -234,14 +234,15 @@ def convert_imagenet_swin(state_dict: Mapping[str, np.ndarray], config: mlc.Conf
     `norm.*` are ignored. Raises CheckpointMismatch naming every missing, unused or mis-shaped
     key (missing ones only without allow_partial).
     """
-    backbone = {p: s for p, s in expected.items() if p[0] == "backbone"}
+    backbone = None if expected is None else {
+        p: s for p, s in expected.items() if p[0] == "backbone"}
     sw = config.model.swin
     params, report = swin.convert_swin_state_dict(
         state_dict, backbone, depths=sw.depths, window_size=sw.window_size, their_prefix="",
         patch_norm=sw.patch_norm, allow_partial=True, resize_window=True, source=source)
     report.format = "swin"
     report.missing += [f"{param_paths.path_name(p)} <- (not in a backbone checkpoint)"
-                       for p in expected if p[0] != "backbone"]
+                       for p in (expected or {}) if p[0] != "backbone"]
     if report.missing and not allow_partial:
         raise engine.CheckpointMismatch(
             f"{source} is a backbone-only Swin checkpoint; pass allow_partial "
