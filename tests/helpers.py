@@ -76,3 +76,50 @@ def small_train_config(**overrides):
         node[leaf] = tuple(value) if isinstance(value, list) else value
     validate(c)
     return c
+
+
+M2F_FIXTURES = ROOT / "tests" / "fixtures" / "official_mask2former"
+
+
+def mask2former_fixture_config(run: str):
+    """Our config of an official tiny Mask2Former fixture run (`sem_plain`, `pan_rankseg`,
+    ...), read from its detectron2 `cfg.dump()` (`configs/{run}.yaml`), on synthetic data."""
+    import yaml
+
+    from configs import ade20k_mask2former
+
+    y = yaml.safe_load((M2F_FIXTURES / "configs" / f"{run}.yaml").read_text())["MODEL"]
+    sw, head, mf, rs = y["SWIN"], y["SEM_SEG_HEAD"], y["MASK_FORMER"], y["RANKSEG"]
+    # Structure the port does not configure: must hold for every fixture.
+    assert not sw["APE"] and not mf["PRE_NORM"] and head["NORM"] == "GN"
+    assert head["COMMON_STRIDE"] == 4 and y["META_ARCHITECTURE"] == "MaskFormer"
+    c = ade20k_mask2former.get_config("smoke")
+    c.model.num_classes = head["NUM_CLASSES"]
+    s = c.model.swin
+    s.embed_dim, s.depths, s.num_heads = sw["EMBED_DIM"], tuple(sw["DEPTHS"]), tuple(
+        sw["NUM_HEADS"])
+    s.window_size, s.mlp_ratio, s.patch_size = sw["WINDOW_SIZE"], sw["MLP_RATIO"], sw[
+        "PATCH_SIZE"]
+    s.drop_path_rate, s.qkv_bias, s.patch_norm = sw["DROP_PATH_RATE"], sw["QKV_BIAS"], sw[
+        "PATCH_NORM"]
+    m = c.model.mask2former
+    m.hidden_dim, m.num_queries, m.nheads = mf["HIDDEN_DIM"], mf["NUM_OBJECT_QUERIES"], mf[
+        "NHEADS"]
+    m.dim_feedforward, m.dec_layers, m.dropout = mf["DIM_FEEDFORWARD"], mf["DEC_LAYERS"], mf[
+        "DROPOUT"]
+    m.enforce_input_proj, m.size_divisibility = mf["ENFORCE_INPUT_PROJ"], mf["SIZE_DIVISIBILITY"]
+    m.enc_layers, m.conv_dim, m.mask_dim = head["TRANSFORMER_ENC_LAYERS"], head["CONVS_DIM"], head[
+        "MASK_DIM"]
+    m.cosine_classifier, m.gt_oracle = head["USE_LAYERNORM"], rs["USE_GT"]
+    t = mf["TEST"]
+    m.object_mask_threshold, m.overlap_threshold = t["OBJECT_MASK_THRESHOLD"], t[
+        "OVERLAP_THRESHOLD"]
+    m.semantic_on, m.panoptic_on = t["SEMANTIC_ON"], t["PANOPTIC_ON"]
+    r = c.model.rankseg
+    r.enabled = rs["FLAG"]
+    if r.enabled:
+        r.topk, r.ml_hidden_dim, c.loss.img_weight = rs["TOPK"], rs["HIDDEN_DIM"], float(
+            rs["LOSS_WEIGHT"])
+    c.data.mean, c.data.std = tuple(y["PIXEL_MEAN"]), tuple(y["PIXEL_STD"])
+    validate(c)
+    return c

@@ -7,12 +7,17 @@ once, before anything compiles, and raises `ConfigError` naming the option at fa
 Conventions:
   * sizes are (height, width); image scales are (long side, short side) as in mmseg;
   * `model.rankseg.topk` is kappa, the number of classes kept per image;
-  * defaults are the official Segmenter+RankSeg ViT-B/16 ADE20K values unless noted.
+  * defaults are the official Segmenter+RankSeg ViT-B/16 ADE20K values unless noted;
+    `model.swin` and `model.mask2former` default to the official Mask2Former Swin-L
+    (IN-22k, 384, window 12) ADE20K semantic values.
 
 Sections of `model` are named after the component they configure: `model.arch` picks the
-meta-architecture (the RankSeg host), `model.backbone` the backbone type, whose options live
-in the section of the same name (`model.vit`), `model.head` is the Segmenter mask-transformer
-decode head, and `model.rankseg` the RankSeg component every host uses.
+meta-architecture (the RankSeg host: `segmenter` pixel classification, `mask2former` region
+classification), `model.backbone` the backbone type, whose options live in the section of
+the same name (`model.vit`, `model.swin`), `model.head` is the Segmenter mask-transformer
+decode head, `model.mask2former` the Mask2Former pixel decoder + transformer decoder +
+inference, and `model.rankseg` the RankSeg component every host uses. Options of one host
+are ignored by the other (and validated only for the host that reads them).
 """
 
 from __future__ import annotations
@@ -27,9 +32,20 @@ VIT_PRESETS = {
     "l16": dict(embed_dim=1024, depth=24, num_heads=16),
 }
 
+# Width, depths and heads of the Swin presets (`microsoft/Swin-Transformer` configs; the
+# window is set separately: 7 for the 224 ImageNet models, 12 for the 384 ones).
+SWIN_PRESETS = {
+    "tiny": dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24)),
+    "small": dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24)),
+    "base": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
+    "large": dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48)),
+}
+
 # The choices of every enumerated option (validated once, before compiling).
-ARCHS = ("segmenter",)
-BACKBONES = ("vit",)
+ARCHS = ("segmenter", "mask2former")
+BACKBONES = ("vit", "swin")
+# The backbone each meta-architecture can host (Mask2Former needs res2..res5 maps).
+ARCH_BACKBONES = {"segmenter": ("vit",), "mask2former": ("swin",)}
 ML_ENCODERS = ("tran_enc", "tran_dec", "gap_linear")
 TEMPERATURES = ("rank_adaptive", "shared")
 ORACLES = ("none", "train_eval", "eval")
@@ -54,8 +70,8 @@ def base_config() -> mlc.ConfigDict:
 
     # ------------------------------------------------------------------ model
     c.model = m = mlc.ConfigDict()
-    m.arch = "segmenter"  # meta-architecture: encoder + Segmenter decode head
-    m.backbone = "vit"  # backbone type; its options are in the section of the same name
+    m.arch = "segmenter"  # meta-architecture: "segmenter" | "mask2former"
+    m.backbone = "vit"  # backbone type ("vit" | "swin"); options in the section of that name
     m.num_classes = 150
     m.dtype = "float32"  # compute dtype; params stay float32
     m.remat = False  # rematerialise transformer blocks in the backward pass
@@ -79,6 +95,19 @@ def base_config() -> mlc.ConfigDict:
     b.oce = False
     b.oce_start_layer = -1
 
+    # Swin Transformer (model.backbone = "swin", Mask2Former's `D2SwinTransformer`): stage i
+    # has embed_dim * 2**i channels; outputs res2..res5 (strides 4..32) after per-stage norms.
+    m.swin = sw = mlc.ConfigDict()
+    sw.embed_dim = 192  # Swin-L (IN-22k 384)
+    sw.depths = (2, 2, 18, 2)
+    sw.num_heads = (6, 12, 24, 48)
+    sw.window_size = 12  # 12 for the 384 ImageNet models, 7 for the 224 ones
+    sw.mlp_ratio = 4.0
+    sw.patch_size = 4
+    sw.drop_path_rate = 0.3  # stochastic depth, linear over all blocks
+    sw.qkv_bias = True
+    sw.patch_norm = True
+
     # The Segmenter mask-transformer decode head (model.arch = "segmenter").
     m.head = h = mlc.ConfigDict()
     h.d_model = 768
@@ -91,6 +120,37 @@ def base_config() -> mlc.ConfigDict:
     h.dropout = 0.1
     h.drop_path_rate = 0.0
     h.ln_eps = 1e-5
+
+    # Mask2Former (model.arch = "mask2former"): MSDeformAttn pixel decoder, masked-attention
+    # transformer decoder and its inference. Defaults: official ADE20K semantic Swin-L.
+    m.mask2former = mf = mlc.ConfigDict()
+    mf.hidden_dim = 256  # decoder width D (MASK_FORMER.HIDDEN_DIM)
+    mf.num_queries = 100  # 100 semantic, 200 panoptic
+    mf.nheads = 8  # decoder and deformable-encoder heads
+    mf.dim_feedforward = 2048  # decoder FFN
+    # Number of predictions = transformer decoder layers + 1 (official DEC_LAYERS: 10 -> 9
+    # layers; prediction 0 reads the learnable queries).
+    mf.dec_layers = 10
+    mf.enc_layers = 6  # deformable encoder layers (SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS)
+    mf.enc_ffn = 1024  # encoder FFN (hard-coded officially, msdeformattn.py:306)
+    mf.enc_points = 4  # sampling points per head, level (hard-coded officially)
+    mf.conv_dim = 256  # pixel decoder width (SEM_SEG_HEAD.CONVS_DIM; GroupNorm(32) groups)
+    mf.mask_dim = 256  # mask_features channels
+    mf.dropout = 0.0  # encoder dropout (the decoder's is hard-coded 0.0 officially)
+    mf.enforce_input_proj = False  # decoder 1x1 input projections even when conv == hidden
+    # Class head: RankSeg's cosine classifier (SEM_SEG_HEAD.USE_LAYERNORM; no bias, no eps)
+    # instead of the plain Linear. The official -rankseg configs turn it on.
+    mf.cosine_classifier = False
+    mf.size_divisibility = 32  # images are zero-padded bottom/right to a multiple of this
+    # The official `-gt` oracle (RANKSEG.USE_GT): logits of classes absent from the image's
+    # ground truth are set to -100 in the final prediction (training and inference). Uses
+    # ground truth at test time: an upper bound, not a deployable model.
+    mf.gt_oracle = False
+    # Inference.
+    mf.object_mask_threshold = 0.8  # panoptic: keep queries with score > threshold
+    mf.overlap_threshold = 0.8  # panoptic: drop segments keeping < this share of their mask
+    mf.semantic_on = True
+    mf.panoptic_on = False
 
     # The RankSeg component: multi-label head, sort & select, rank-adaptive classifier.
     m.rankseg = r = mlc.ConfigDict()
@@ -107,6 +167,13 @@ def base_config() -> mlc.ConfigDict:
     r.dec_num_heads = 8
     r.dec_d_ff = 2048
     r.dec_layers = 2
+    # Mask2Former's multi-label head (`MultiLabelHead`): width (RANKSEG.HIDDEN_DIM; heads =
+    # width // 64, FFN 4x width), the decoder layer whose raw query outputs it reads
+    # (hard-coded 2 officially) and its dropout (hard-coded 0.1). Its class ranking feeds
+    # `ml_norm` = RankNorm(topk + 1) over the rank slots plus the no-object slot.
+    r.ml_hidden_dim = 512
+    r.ml_read_layer = 2
+    r.ml_dropout = 0.1
 
     # ------------------------------------------------------------------ loss
     c.loss = lo = mlc.ConfigDict()
@@ -224,3 +291,12 @@ def apply_vit_preset(config: mlc.ConfigDict, name: str) -> None:
     b, h = config.model.vit, config.model.head
     b.embed_dim, b.depth, b.num_heads = p["embed_dim"], p["depth"], p["num_heads"]
     h.d_model, h.num_heads, h.d_ff = p["embed_dim"], p["num_heads"], 4 * p["embed_dim"]
+
+
+def apply_swin_preset(config: mlc.ConfigDict, name: str) -> None:
+    """Sets `model.swin` width, depths and heads from a preset ('tiny' ... 'large')."""
+    if name not in SWIN_PRESETS:
+        raise ConfigError(f"unknown Swin preset {name!r}; choose one of {sorted(SWIN_PRESETS)}")
+    sw = config.model.swin
+    p = SWIN_PRESETS[name]
+    sw.embed_dim, sw.depths, sw.num_heads = p["embed_dim"], p["depths"], p["num_heads"]

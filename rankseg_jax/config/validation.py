@@ -40,12 +40,18 @@ def _finite(value, name: str, *, low: float | None = None, high: float | None = 
 
 
 def validate_model(config: mlc.ConfigDict) -> None:
-    """The model, loss and test sections (no devices or files involved)."""
-    m, b, h, r = config.model, config.model.vit, config.model.head, config.model.rankseg
+    """The model, loss and test sections (no devices or files involved).
+
+    Options of the host that `model.arch` does not build (and of the backbone it does not
+    use) are not checked: they are ignored.
+    """
+    m, r = config.model, config.model.rankseg
     _choice(m.arch, schema.ARCHS, "model.arch")
     _choice(m.backbone, schema.BACKBONES, "model.backbone")
+    if m.backbone not in schema.ARCH_BACKBONES[m.arch]:
+        raise ConfigError(f"model.backbone={m.backbone!r} cannot feed model.arch={m.arch!r}; "
+                          f"use one of {schema.ARCH_BACKBONES[m.arch]}")
     _choice(m.dtype, schema.DTYPES, "model.dtype")
-    _choice(r.ml_encoder, schema.ML_ENCODERS, "model.rankseg.ml_encoder")
     _choice(r.temperature, schema.TEMPERATURES, "model.rankseg.temperature")
     _choice(r.oracle, schema.ORACLES, "model.rankseg.oracle")
     _choice(config.loss.img_type, schema.IMG_LOSSES, "loss.img_type")
@@ -53,12 +59,32 @@ def validate_model(config: mlc.ConfigDict) -> None:
     _choice(config.test.mode, schema.TEST_MODES, "test.mode")
     if m.num_classes < 1:
         raise ConfigError(f"model.num_classes={m.num_classes} must be >= 1")
+    if r.enabled and not 1 <= r.topk <= m.num_classes:
+        raise ConfigError(
+            f"model.rankseg.topk={r.topk} must be in [1, model.num_classes={m.num_classes}]")
+    if m.backbone == "vit":
+        _validate_vit(config)
+    else:
+        _validate_swin(config)
+    if m.arch == "segmenter":
+        _validate_segmenter(config)
+    else:
+        _validate_mask2former(config)
+    _positive_pair(config.data.crop_size, "data.crop_size")
+    _positive_pair(config.test.crop_size, "test.crop_size")
+    _positive_pair(config.test.stride, "test.stride")
+    if config.test.class_chunk < 1 or config.test.size_bucket < 1:
+        raise ConfigError(f"test.class_chunk={config.test.class_chunk} and test.size_bucket="
+                          f"{config.test.size_bucket} must be >= 1")
+    if not config.test.scales or any(r <= 0 for r in config.test.scales):
+        raise ConfigError(f"test.scales={tuple(config.test.scales)} must be non-empty and > 0")
+
+
+def _validate_vit(config: mlc.ConfigDict) -> None:
+    b = config.model.vit
     if b.embed_dim % b.num_heads:
         raise ConfigError(f"model.vit.embed_dim={b.embed_dim} is not divisible by "
                           f"model.vit.num_heads={b.num_heads}")
-    if h.d_model % h.num_heads:
-        raise ConfigError(f"model.head.d_model={h.d_model} is not divisible by "
-                          f"model.head.num_heads={h.num_heads}")
     for name, size in (("model.vit.img_size", b.img_size),
                        ("data.crop_size", config.data.crop_size),
                        ("test.crop_size", config.test.crop_size)):
@@ -66,15 +92,39 @@ def validate_model(config: mlc.ConfigDict) -> None:
         if any(s % b.patch_size for s in size):
             raise ConfigError(
                 f"{name}={tuple(size)} is not a multiple of the patch size {b.patch_size}")
-    _positive_pair(config.test.stride, "test.stride")
+
+
+def _validate_swin(config: mlc.ConfigDict) -> None:
+    sw = config.model.swin
+    depths, heads = tuple(sw.depths), tuple(sw.num_heads)
+    if len(depths) != 4 or len(heads) != 4:
+        raise ConfigError(f"model.swin.depths={depths} and model.swin.num_heads={heads} must "
+                          "give 4 stages (res2..res5)")
+    if any(d < 1 for d in depths) or any(h < 1 for h in heads):
+        raise ConfigError(f"model.swin.depths={depths} and num_heads={heads} must be >= 1")
+    for i, h in enumerate(heads):
+        if (sw.embed_dim * 2 ** i) % h:
+            raise ConfigError(f"model.swin: stage {i} width {sw.embed_dim * 2 ** i} "
+                              f"(model.swin.embed_dim * 2**{i}) is not divisible by "
+                              f"model.swin.num_heads[{i}]={h}")
+    for name in ("embed_dim", "window_size", "patch_size"):
+        if sw[name] < 1:
+            raise ConfigError(f"model.swin.{name}={sw[name]} must be >= 1")
+    _finite(sw.mlp_ratio, "model.swin.mlp_ratio", low=0.0, low_open=True)
+    _finite(sw.drop_path_rate, "model.swin.drop_path_rate", low=0.0, high=0.999)
+
+
+def _validate_segmenter(config: mlc.ConfigDict) -> None:
+    b, h, r = config.model.vit, config.model.head, config.model.rankseg
+    _choice(r.ml_encoder, schema.ML_ENCODERS, "model.rankseg.ml_encoder")
+    if h.d_model % h.num_heads:
+        raise ConfigError(f"model.head.d_model={h.d_model} is not divisible by "
+                          f"model.head.num_heads={h.num_heads}")
     if b.oce and h.d_model != b.embed_dim:
         raise ConfigError(
             f"model.vit.oce needs model.head.d_model ({h.d_model}) == "
             f"model.vit.embed_dim ({b.embed_dim}): OCE tokens skip proj_dec")
     if r.enabled:
-        if not 1 <= r.topk <= m.num_classes:
-            raise ConfigError(
-                f"model.rankseg.topk={r.topk} must be in [1, model.num_classes={m.num_classes}]")
         if r.ml_encoder == "tran_enc" and h.n_layers < 2:
             raise ConfigError(
                 f"model.head.n_layers={h.n_layers}: the tran_enc encoder uses block 0, so at "
@@ -93,11 +143,58 @@ def validate_model(config: mlc.ConfigDict) -> None:
                               "must be in [0, 1)")
     elif r.oracle != "none":
         raise ConfigError(f"model.rankseg.oracle={r.oracle!r} needs model.rankseg.enabled")
-    if config.test.class_chunk < 1 or config.test.size_bucket < 1:
-        raise ConfigError(f"test.class_chunk={config.test.class_chunk} and test.size_bucket="
-                          f"{config.test.size_bucket} must be >= 1")
-    if not config.test.scales or any(r <= 0 for r in config.test.scales):
-        raise ConfigError(f"test.scales={tuple(config.test.scales)} must be non-empty and > 0")
+
+
+def _validate_mask2former(config: mlc.ConfigDict) -> None:
+    mf, r = config.model.mask2former, config.model.rankseg
+    for name in ("hidden_dim", "num_queries", "nheads", "dim_feedforward", "dec_layers",
+                 "enc_ffn", "enc_points", "conv_dim", "mask_dim", "size_divisibility"):
+        if mf[name] < 1:
+            raise ConfigError(f"model.mask2former.{name}={mf[name]} must be >= 1")
+    if mf.enc_layers < 0:
+        raise ConfigError(f"model.mask2former.enc_layers={mf.enc_layers} must be >= 0")
+    for name in ("hidden_dim", "conv_dim"):
+        if mf[name] % mf.nheads:
+            raise ConfigError(f"model.mask2former.{name}={mf[name]} is not divisible by "
+                              f"model.mask2former.nheads={mf.nheads}")
+    if mf.conv_dim % 32:
+        raise ConfigError(f"model.mask2former.conv_dim={mf.conv_dim} must be a multiple of "
+                          "32 (the pixel decoder's GroupNorm(32, conv_dim))")
+    _finite(mf.dropout, "model.mask2former.dropout", low=0.0, high=0.999)
+    for name in ("object_mask_threshold", "overlap_threshold"):
+        _finite(mf[name], f"model.mask2former.{name}", low=0.0, high=1.0)
+    if not (mf.semantic_on or mf.panoptic_on):
+        raise ConfigError("model.mask2former.semantic_on and panoptic_on are both False: "
+                          "inference would produce nothing")
+    if not r.enabled:
+        return
+    num_layers = mf.dec_layers - 1
+    if not 0 <= r.ml_read_layer < num_layers:
+        raise ConfigError(
+            f"model.rankseg.ml_read_layer={r.ml_read_layer} must index one of the "
+            f"{num_layers} decoder layers (model.mask2former.dec_layers={mf.dec_layers} "
+            "predictions = layers + 1)")
+    if mf.conv_dim != mf.hidden_dim:
+        raise ConfigError(
+            f"model.mask2former.conv_dim={mf.conv_dim} != hidden_dim={mf.hidden_dim}: the "
+            "official multi-label head is sized by CONVS_DIM but reads HIDDEN_DIM-wide "
+            "decoder queries, so RankSeg needs them equal")
+    if r.ml_hidden_dim < 64 or r.ml_hidden_dim % 64:
+        raise ConfigError(f"model.rankseg.ml_hidden_dim={r.ml_hidden_dim} must be a positive "
+                          "multiple of 64 (the head has ml_hidden_dim // 64 heads of width 64)")
+    _finite(r.ml_dropout, "model.rankseg.ml_dropout", low=0.0, high=0.999)
+    # Options of the Segmenter host's RankSeg that have no Mask2Former counterpart here.
+    if r.oracle != "none":
+        raise ConfigError(f"model.rankseg.oracle={r.oracle!r} is not implemented for "
+                          "model.arch='mask2former' (use model.mask2former.gt_oracle for the "
+                          "official -gt oracle)")
+    if r.dynamic_k_threshold != 0.0:
+        raise ConfigError(f"model.rankseg.dynamic_k_threshold={r.dynamic_k_threshold} is not "
+                          "implemented for model.arch='mask2former'")
+    if r.ml_encoder != "tran_enc":
+        raise ConfigError(f"model.rankseg.ml_encoder={r.ml_encoder!r}: Mask2Former's "
+                          "multi-label head is a transformer over [queries; class tokens] "
+                          "(tran_enc); the other encoders read a pixel grid")
 
 
 def validate_optim(config: mlc.ConfigDict) -> None:
@@ -127,6 +224,13 @@ def validate_data(config: mlc.ConfigDict, *, check_files: bool = True) -> None:
     except ValueError as e:
         raise ConfigError(str(e)) from e
     if check_files and d.format in ("folder", "array_record"):
+        panoptic = config.model.arch == "mask2former" and config.model.mask2former.panoptic_on
+        if panoptic and (not d.root or not pathlib.Path(d.root).exists()):
+            raise ConfigError(
+                f"data.root={d.root!r} does not exist: model.mask2former.panoptic_on needs "
+                "ADE20K panoptic annotations (segment PNGs + segments JSON), and their "
+                "preparation is not implemented yet. Use the `:smoke` variant (synthetic "
+                "data) or set model.mask2former.panoptic_on=False for semantic data.")
         if not d.root or not pathlib.Path(d.root).exists():
             raise ConfigError(
                 f"data.root={d.root!r} does not exist. Prepare the dataset first, e.g.\n"

@@ -12,6 +12,11 @@ A variant string is a comma-separated list of flags and key=value pairs, e.g.
     configs/ade20k.py:oracle=eval            paper Fig. 3 (ground-truth selection)
     configs/ade20k.py:oce                    class embeddings from the backbone (OCE)
 
+The Mask2Former configs (`configs/ade20k_mask2former.py`, `configs/ade20k_panoptic.py`) take
+their own flags (MASK2FORMER_VARIANT_DEFAULTS): `rankseg` (the official -rankseg configs),
+`gt` (the -gt oracle), `swin_b` (Swin-B backbone), `smoke`, and `topk`, `img_weight`,
+`temperature` as above.
+
 Each flag maps to config values here, in one place; dataset files set the dataset facts.
 """
 
@@ -26,6 +31,11 @@ from rankseg_jax.config.schema import ConfigError
 VARIANT_DEFAULTS = dict(
     vit_l=False, baseline=False, smoke=False, oce=False, ablation="", topk=0, img_weight=-1.0,
     ml_encoder="", temperature="", oracle="")
+
+# The flags of the Mask2Former configs (the Segmenter-only flags are unknown there).
+MASK2FORMER_VARIANT_DEFAULTS = dict(
+    rankseg=False, gt=False, swin_b=False, smoke=False, topk=0, img_weight=-1.0,
+    temperature="")
 
 # Paper Table 1: MT = multi-task (image-level loss), LS = label selection (top-kappa),
 # RA = rank-adaptive temperature. Rows without LS keep all K classes (kappa = K); rows
@@ -167,15 +177,20 @@ def apply(c: mlc.ConfigDict, args: mlc.ConfigDict) -> mlc.ConfigDict:
 
 
 def smoke(c: mlc.ConfigDict) -> None:
-    """Shrinks a config so the same code runs in seconds on CPU: tiny ViT, 64x64 crops,
-    synthetic data with the same number of classes, a few steps."""
-    b, h, r = c.model.vit, c.model.head, c.model.rankseg
-    b.embed_dim, b.depth, b.num_heads, b.img_size = 64, 2, 2, (64, 64)
-    b.drop_path_rate = 0.0
-    h.d_model, h.num_heads, h.d_ff = 64, 2, 128
-    r.downsample = 2
-    r.dec_num_heads, r.dec_d_ff = 2, 128
+    """Shrinks a config so the same code runs in seconds on CPU: tiny ViT (or tiny Swin +
+    Mask2Former head), 64x64 crops, synthetic data with the same number of classes, a few
+    steps."""
+    r = c.model.rankseg
     r.topk = min(r.topk, c.model.num_classes)
+    if c.model.arch == "mask2former":
+        _smoke_mask2former(c)
+    else:
+        b, h = c.model.vit, c.model.head
+        b.embed_dim, b.depth, b.num_heads, b.img_size = 64, 2, 2, (64, 64)
+        b.drop_path_rate = 0.0
+        h.d_model, h.num_heads, h.d_ff = 64, 2, 128
+        r.downsample = 2
+        r.dec_num_heads, r.dec_d_ff = 2, 128
     d = c.data
     d.name, d.format, d.root = "synthetic", "synthetic", ""
     d.ignore_index, d.reduce_zero_label, d.class_names_file = 255, False, ""
@@ -191,3 +206,85 @@ def smoke(c: mlc.ConfigDict) -> None:
     t.steps, t.batch_size, t.grad_accum = 4, 2, 1
     t.log_every, t.eval_every, t.ckpt_every = 1, 4, 2
     c.optim.warmup_steps = min(c.optim.warmup_steps, t.steps - 1)
+
+
+def _smoke_mask2former(c: mlc.ConfigDict) -> None:
+    """The official fixtures' tiny Mask2Former: Swin embed 32, depths 2, window 4; width 32,
+    2 encoder layers, 4 decoder layers (the ML head reads layer 2), 10 queries."""
+    sw, mf, r = c.model.swin, c.model.mask2former, c.model.rankseg
+    sw.embed_dim, sw.depths, sw.num_heads, sw.window_size = 32, (2, 2, 2, 2), (1, 2, 4, 8), 4
+    sw.drop_path_rate = 0.0
+    mf.hidden_dim = mf.conv_dim = mf.mask_dim = 32
+    mf.enc_layers, mf.dim_feedforward, mf.dec_layers, mf.num_queries = 2, 64, 5, 10
+    r.ml_hidden_dim = 64
+
+
+def parse_mask2former(arg: str | None) -> mlc.ConfigDict:
+    """Parses the variant string of a Mask2Former config (MASK2FORMER_VARIANT_DEFAULTS)."""
+    return parse_arg(arg, **MASK2FORMER_VARIANT_DEFAULTS)
+
+
+def set_mask2former(c: mlc.ConfigDict, *, num_queries: int, panoptic: bool) -> None:
+    """Official Mask2Former Swin-L (IN-22k, 384, window 12) ADE20K settings (plain model).
+
+    Semantic: Q = 100, semantic inference; panoptic: Q = 200, panoptic + semantic inference.
+    Data: ADE20K-150 with ImageNet mean/std, 640 crops, short side 640 at test (whole
+    image); the official scale augmentation (short side 320..1280) is approximated by the
+    mmseg-style (2560, 640) scale with ratio 0.5..2. AdamW 1e-4, weight decay 0.05, poly 0.9
+    to 0, full-model gradient clip 0.01, batch 16, 160k iterations, evaluation every 5k.
+    """
+    from rankseg_jax.data import registry  # noqa: PLC0415  (keeps config parsing import-light)
+
+    m = c.model
+    m.arch, m.backbone = "mask2former", "swin"
+    schema.apply_swin_preset(c, "large")
+    m.swin.window_size, m.swin.drop_path_rate = 12, 0.3
+    m.mask2former.num_queries = num_queries
+    m.mask2former.semantic_on, m.mask2former.panoptic_on = True, panoptic
+    m.rankseg.enabled = False
+    set_dataset(c, "ade20k")
+    d = c.data
+    d.mean, d.std = registry.IMAGENET_MEAN, registry.IMAGENET_STD
+    d.crop_size, d.train_scale, d.test_scale = (640, 640), (2560, 640), (2560, 640)
+    if panoptic:  # not prepared yet: validation names what is missing when it is absent
+        d.root = "data/ade20k_panoptic"
+    c.test.mode = "whole"
+    o = c.optim
+    o.name, o.lr, o.weight_decay, o.power, o.min_lr, o.clip_grad_norm = (
+        "adamw", 1e-4, 0.05, 0.9, 0.0, 0.01)
+    c.train.batch_size = 16
+    set_schedule(c, 160_000, 5_000)
+
+
+def set_mask2former_rankseg(c: mlc.ConfigDict) -> None:
+    """The official `-rankseg` settings: kappa = K, cosine classifier, ML head of width 512
+    reading decoder layer 2, ASL(2, 0, clip 0.05) x 10."""
+    r = c.model.rankseg
+    r.enabled, r.topk, r.temperature = True, c.model.num_classes, "rank_adaptive"
+    r.ml_hidden_dim, r.ml_read_layer, r.ml_dropout = 512, 2, 0.1
+    c.model.mask2former.cosine_classifier = True
+    c.loss.img_type, c.loss.img_weight = "asl", 10.0
+    c.loss.asl_gamma_neg, c.loss.asl_gamma_pos, c.loss.asl_clip = 2.0, 0.0, 0.05
+
+
+def finish_mask2former(c: mlc.ConfigDict, args: mlc.ConfigDict) -> mlc.ConfigDict:
+    """Applies the Mask2Former flags (MASK2FORMER_VARIANT_DEFAULTS); returns c, locked."""
+    if args.rankseg and args.gt:
+        raise ConfigError("variants 'rankseg' and 'gt' are separate official configs; "
+                          "choose one")
+    if args.swin_b:
+        schema.apply_swin_preset(c, "base")
+    if args.rankseg:
+        set_mask2former_rankseg(c)
+    if args.gt:
+        c.model.mask2former.gt_oracle = True
+    if args.topk:
+        c.model.rankseg.topk = args.topk
+    if args.img_weight >= 0:
+        c.loss.img_weight = args.img_weight
+    if args.temperature:
+        c.model.rankseg.temperature = args.temperature
+    if args.smoke:
+        smoke(c)
+    c.lock()
+    return c

@@ -1,11 +1,16 @@
-"""Command line: convert checkpoints to a params-only dir, or export ours to an mmseg `.pth`.
+"""Command line: convert checkpoints to a params-only dir, or export ours to an official `.pth`.
 
   python -m rankseg_jax.convert --config=configs/ade20k.py --src=ckpt.pth --out=DIR \
-      [--format=auto|mmseg|segmenter|timm|npz] [--allow-partial] [--reset-head]
+      [--format=auto|mmseg|segmenter|timm|npz|detectron2|swin] [--allow-partial] \
+      [--reset-head]
   python -m rankseg_jax.convert --reverse --config=configs/ade20k.py --src=DIR --out=model.pth
+  python -m rankseg_jax.convert --config=configs/ade20k_mask2former.py:rankseg \
+      --src=model_final.pkl --out=DIR                  # official Mask2Former (detectron2)
 
 Forward writes DIR/params (orbax, the model's nested nnx.Param pure dict) and
-DIR/metadata.json. Reverse reads such a params dir and writes `{'state_dict', 'meta'}`.
+DIR/metadata.json. Reverse reads such a params dir and writes the official checkpoint of the
+config's arch: mmseg `{'state_dict', 'meta'}` (Segmenter) or detectron2 `{'model', 'meta'}`
+(Mask2Former).
 """
 
 from __future__ import annotations
@@ -20,14 +25,16 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Model config file.",
                                           lock_config=False)
 _SRC = flags.DEFINE_string("src", None, "Source checkpoint (or params dir with --reverse).")
 _OUT = flags.DEFINE_string("out", None, "Output params dir (or .pth file with --reverse).")
-_FORMAT = flags.DEFINE_enum("format", "auto", ["auto", "mmseg", "segmenter", "timm", "npz"],
+_FORMAT = flags.DEFINE_enum("format", "auto", ["auto", "mmseg", "segmenter", "timm", "npz",
+                                             "detectron2", "swin"],
                             "Source format; auto = from extension and keys.")
 _ALLOW_PARTIAL = flags.DEFINE_bool("allow_partial", False,
                                    "Keep fresh init for params the source lacks "
                                    "(needed for backbone-only sources).")
 _RESET_HEAD = flags.DEFINE_bool("reset_head", False,
                                 "Keep the model's fresh head (e.g. other class count).")
-_REVERSE = flags.DEFINE_bool("reverse", False, "Export a params dir to an mmseg .pth.")
+_REVERSE = flags.DEFINE_bool("reverse", False, "Export a params dir to an official .pth "
+                             "(mmseg for Segmenter, detectron2 for Mask2Former).")
 
 
 def main(argv):

@@ -8,9 +8,15 @@ config, and the shared engine `engine.map_state_dict` does the checking. Formats
              `decoder.*`: backbone + Segmenter mask-transformer head. Encoder LN eps 1e-5.
   timm       timm ViT (`.pth`, `.bin`, `.safetensors`): backbone only.
   npz        Google ViT / AugReg `.npz` (optional `opt/target/` prefix): backbone only.
+  detectron2 official Mask2Former(+RankSeg) checkpoints (`DetectionCheckpointer` `.pth`
+             `{"model": sd}`, model zoo `.pkl`; `tables/mask2former.py`): the whole model,
+             or the Swin backbone alone (`backbone.*` only: then backbone only).
+  swin       the original Swin ImageNet release (`.pth` `{"model": sd}` without prefix, or
+             its detectron2 `.pkl` conversion): Swin backbone only.
 
-Readers are safe: `torch.load(weights_only=True)`, `safetensors`, `np.load(allow_pickle=False)`;
-torch is imported only for `.pth` / `.bin`.
+Readers are safe: `torch.load(weights_only=True)`, `safetensors`, `np.load(allow_pickle=False)`,
+and a restricted unpickler for `.pkl` (`detectron2.py`: a global that could run code is
+refused); torch is imported only for `.pth` / `.bin` (and `.pkl` holding torch tensors).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from collections.abc import Mapping
 import ml_collections as mlc
 import numpy as np
 
-from rankseg_jax.convert import engine, torch_io
+from rankseg_jax.convert import detectron2, engine, torch_io
 from rankseg_jax.convert.engine import (
     CONV,
     HEADS_BIAS,
@@ -31,10 +37,16 @@ from rankseg_jax.convert.engine import (
     CheckpointMismatch,
     Row,
 )
-from rankseg_jax.convert.tables import mmseg
+from rankseg_jax.convert.tables import mask2former, mmseg
 
-FORMATS = ("mmseg", "segmenter", "timm", "npz")
-BACKBONE_ONLY = ("timm", "npz")
+FORMATS = ("mmseg", "segmenter", "timm", "npz", "detectron2", "swin")
+BACKBONE_ONLY = ("timm", "npz", "swin")
+# The formats of each meta-architecture (`model.arch`).
+ARCH_FORMATS = {"segmenter": ("mmseg", "segmenter", "timm", "npz"),
+                "mask2former": ("detectron2", "swin")}
+# A Swin block key of the detectron2 / Mask2Former (`backbone.`) and ImageNet (no prefix)
+# layouts.
+SWIN_BLOCK_KEY = "layers.0.blocks.0.attn.relative_position_bias_table"
 
 # Source keys that are dropped by design (classifier heads of the pre-training task).
 TIMM_IGNORED = ("head.weight", "head.bias", "pre_logits.fc.weight", "pre_logits.fc.bias")
@@ -175,14 +187,15 @@ def read_any(path: str | pathlib.Path) -> tuple[dict[str, np.ndarray], list[str]
     readers = {".npz": lambda: (read_npz(path), []),
                ".safetensors": lambda: (read_safetensors(path), [])}
     readers.update(dict.fromkeys((".pth", ".pt", ".bin", ".ckpt"), lambda: read_torch(path)))
+    readers[".pkl"] = lambda: (detectron2.read_pkl(path), [])
     if suffix not in readers:
         raise CheckpointMismatch(f"{path}: unknown checkpoint extension {suffix!r} "
-                                 "(.pth/.pt/.bin/.ckpt, .safetensors, .npz)")
+                                 "(.pth/.pt/.bin/.ckpt, .pkl, .safetensors, .npz)")
     if not pathlib.Path(path).is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
         return readers[suffix]()
-    except CheckpointMismatch:
+    except (CheckpointMismatch, detectron2.UnsafePickleError):
         raise
     except Exception as e:  # corrupt/truncated files: name the file, keep the cause
         raise CheckpointMismatch(f"{path}: cannot read as {suffix} checkpoint: {e}") from e
@@ -193,6 +206,10 @@ def detect_format(sd: Mapping[str, np.ndarray], path: str | pathlib.Path = "") -
     keys = set(sd)
     if "embedding/kernel" in keys or str(path).lower().endswith(".npz"):
         return "npz"
+    if any(k.startswith("sem_seg_head.") for k in keys) or "backbone." + SWIN_BLOCK_KEY in keys:
+        return "detectron2"
+    if SWIN_BLOCK_KEY in keys:
+        return "swin"
     if any(k.startswith(("backbone.", "decode_head.")) for k in keys):
         return "mmseg"
     if "encoder.patch_embed.proj.weight" in keys:
@@ -225,11 +242,41 @@ def check_npz_heads(sd: Mapping[str, np.ndarray], config: mlc.ConfigDict, source
             f"{config.model.vit.num_heads}")
 
 
+def is_backbone_only(fmt: str, sd: Mapping[str, np.ndarray]) -> bool:
+    """Whether a source of format `fmt` with keys `sd` holds only a backbone (the head then
+    keeps its fresh init): timm, npz, swin, and detectron2 files without `sem_seg_head.*`."""
+    if fmt == "detectron2":
+        return not any(k.startswith("sem_seg_head.") for k in sd)
+    return fmt in BACKBONE_ONLY
+
+
+def check_arch(config: mlc.ConfigDict, fmt: str, source: str) -> None:
+    """A format fits one meta-architecture (ARCH_FORMATS); raises CheckpointMismatch."""
+    arch = config.model.arch
+    if fmt not in ARCH_FORMATS[arch]:
+        other = next(a for a, f in ARCH_FORMATS.items() if fmt in f)
+        raise CheckpointMismatch(
+            f"{source}: {fmt} checkpoints hold a {other} model, but the config has "
+            f"model.arch={arch!r} (formats of {arch}: {ARCH_FORMATS[arch]})")
+
+
 def convert(sd: Mapping[str, np.ndarray], config: mlc.ConfigDict, fmt: str, *,
             expected: Mapping[tuple, tuple] | None, allow_partial: bool = False,
             reset_head: bool = False, source: str = "checkpoint"
             ) -> tuple[dict[tuple, np.ndarray], engine.Report]:
     """Converts a flat state dict of format `fmt` to {our path: array} plus a Report."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {FORMATS}")
+    check_arch(config, fmt, source)
+    if fmt in ("detectron2", "swin"):
+        if reset_head:
+            raise CheckpointMismatch(f"{source}: reset_head is not supported for {fmt} "
+                                     "checkpoints (load the backbone with allow_partial)")
+        if fmt == "swin":
+            return mask2former.convert_imagenet_swin(sd, config, expected,
+                                                     allow_partial=allow_partial, source=source)
+        return mask2former.convert_state_dict(sd, config, expected,
+                                              allow_partial=allow_partial, source=source)
     if fmt == "mmseg":
         params, report = mmseg.convert_state_dict(
             sd, config, expected, source, allow_partial=allow_partial, reset_head=reset_head,
@@ -248,13 +295,11 @@ def convert(sd: Mapping[str, np.ndarray], config: mlc.ConfigDict, fmt: str, *,
     elif fmt == "timm":
         rows = timm_backbone_rows(config) + backbone_only_head_rows(config, "<no head>.")
         ignored, head_prefixes = TIMM_IGNORED, ()
-    elif fmt == "npz":
+    else:  # npz
         check_npz_heads(sd, config, source)
         rows = npz_rows(config) + backbone_only_head_rows(config, "<no head>/")
         ignored = NPZ_IGNORED + tuple(k for k in sd if k.startswith("opt/"))
         head_prefixes = ()
-    else:
-        raise ValueError(f"unknown format {fmt!r}; choose one of {FORMATS}")
     report = engine.Report(source=source, format=fmt)
     check_eps(config, fmt, report)
     params, rep = engine.map_state_dict(

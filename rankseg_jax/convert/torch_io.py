@@ -43,12 +43,13 @@ def tensors_to_numpy(obj: Mapping) -> dict[str, np.ndarray]:
 
 
 def write_pth(path: str | pathlib.Path, state_dict: Mapping[str, np.ndarray],
-              meta: Mapping | None = None) -> None:
-    """Writes an mmcv-style checkpoint `{'state_dict': OrderedDict, 'meta': {...}}`."""
+              meta: Mapping | None = None, *, container: str = "state_dict") -> None:
+    """Writes `{container: OrderedDict, 'meta': {...}}`: mmcv-style with the default
+    container, detectron2-style with container='model'. Dtypes are kept (int64 buffers)."""
     import collections
 
     import torch
 
     sd = collections.OrderedDict((k, torch.from_numpy(np.array(v))) for k, v in
                                  state_dict.items())
-    torch.save({"state_dict": sd, "meta": dict(meta or {})}, str(path))
+    torch.save({container: sd, "meta": dict(meta or {})}, str(path))

@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import ml_collections as mlc
 from flax import nnx
 
-from rankseg_jax.models import segmentors
-from rankseg_jax.models.backbones import vit
+from rankseg_jax.models import mask_former, segmentors
+from rankseg_jax.models.backbones import swin, vit
 from rankseg_jax.models.heads import segmenter
 from rankseg_jax.rankseg.config import RankSegConfig
 
@@ -28,7 +28,17 @@ def _vit(config: mlc.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
                    rngs=rngs)
 
 
-BACKBONES: dict[str, Callable[[mlc.ConfigDict, nnx.Rngs], nnx.Module]] = {"vit": _vit}
+def _swin(config: mlc.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
+    m, sw = config.model, config.model.swin
+    return swin.SwinTransformer(
+        embed_dim=sw.embed_dim, depths=tuple(sw.depths), num_heads=tuple(sw.num_heads),
+        window_size=sw.window_size, mlp_ratio=sw.mlp_ratio, qkv_bias=sw.qkv_bias,
+        patch_size=sw.patch_size, patch_norm=sw.patch_norm, drop_path_rate=sw.drop_path_rate,
+        dtype=DTYPES[m.dtype], remat=m.remat, rngs=rngs)
+
+
+BACKBONES: dict[str, Callable[[mlc.ConfigDict, nnx.Rngs], nnx.Module]] = {
+    "vit": _vit, "swin": _swin}
 
 
 def _segmenter(config: mlc.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
@@ -42,8 +52,16 @@ def _segmenter(config: mlc.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
                                      rankseg=rankseg)
 
 
+def _mask2former(config: mlc.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
+    m = config.model
+    backbone = BACKBONES[m.backbone](config, rngs)
+    cfg = mask_former.MaskFormerConfig.from_config(m, backbone.dims)
+    return mask_former.MaskFormer(backbone, cfg, RankSegConfig.from_config(m.rankseg),
+                                  dtype=DTYPES[m.dtype], rngs=rngs)
+
+
 ARCHS: dict[str, Callable[[mlc.ConfigDict, nnx.Rngs], nnx.Module]] = {
-    "segmenter": _segmenter}
+    "segmenter": _segmenter, "mask2former": _mask2former}
 
 
 def build_model(config: mlc.ConfigDict, rngs: nnx.Rngs | None = None) -> nnx.Module:

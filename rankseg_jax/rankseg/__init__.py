@@ -7,7 +7,8 @@ the rank slots with a per-rank affine (the rank-adaptive temperature).
 
 Modules:
   ranking     pure ops: top-kappa (with oracle and dynamic-kappa selection), per-image
-              gather, label -> rank remap, scatter back to class order, class histograms
+              gather (class rows, or region class columns + no-object), label -> rank
+              remap, scatter back to class order, the -gt class mask, class histograms
   classifier  RankNorm (LayerNorm over rank slots, per-rank or shared affine),
               GroupWiseLinear (one linear classifier per class), cosine similarity
   encoders    the multi-label encoders xi: transformer over [context tokens; class tokens]

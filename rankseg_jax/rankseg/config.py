@@ -17,6 +17,8 @@ class RankSegConfig:
     `train_eval` or `eval` (ground-truth classes ranked first). dynamic_k_threshold: keep
     ranks with sigmoid score >= threshold at inference (0 = static kappa).
     dec_*: the `tran_dec` encoder's heads, FFN width and layers.
+    ml_hidden_dim, ml_read_layer, ml_dropout: Mask2Former's multi-label head (width, the
+    decoder layer whose queries it reads, dropout).
     """
 
     topk: int = 50
@@ -28,6 +30,9 @@ class RankSegConfig:
     dec_num_heads: int = 8
     dec_d_ff: int = 2048
     dec_layers: int = 2
+    ml_hidden_dim: int = 512
+    ml_read_layer: int = 2
+    ml_dropout: float = 0.1
 
     @classmethod
     def from_config(cls, rankseg: mlc.ConfigDict) -> RankSegConfig | None:

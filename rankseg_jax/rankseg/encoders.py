@@ -25,30 +25,36 @@ from rankseg_jax.rankseg.classifier import GroupWiseLinear
 
 def encode_class_tokens(blocks, norm, fc: GroupWiseLinear, context: jax.Array,
                         class_tokens: jax.Array, rng: jax.Array | None = None,
-                        remat: bool = False) -> tuple[jax.Array, jax.Array]:
+                        remat: bool = False, *, return_sequence: bool = False):
     """Image logits from [context; class tokens] through `blocks`, `norm` and `fc`.
 
     blocks: sequence of transformer Blocks; norm: LayerNorm; fc: GroupWiseLinear over K.
     context: [B, N, d] (pooled patches or object queries); class_tokens: [B, K, d].
     Returns (image_logits [B, K] float32, class_features [B, K, d] = norm of the class part,
-    in the compute dtype of `context`).
+    in the compute dtype of `context`); with return_sequence a third element
+    {'block_out', 'norm_out'} [B, N+K, d]: the whole sequence after the blocks and the norm.
     """
     k = class_tokens.shape[1]
     x = jnp.concatenate([context, class_tokens.astype(context.dtype)], axis=1)
     x = tfm.run_blocks(blocks, x, rng, remat)
-    feats = norm(x[:, -k:]).astype(context.dtype)
-    return fc(feats), feats
+    if not return_sequence:
+        feats = norm(x[:, -k:]).astype(context.dtype)
+        return fc(feats), feats
+    normed = norm(x).astype(context.dtype)  # LayerNorm is per token: same class part
+    feats = normed[:, -k:]
+    return fc(feats), feats, {"block_out": x, "norm_out": normed}
 
 
 class MultiLabelHead(nnx.Module):
     """Mask2Former+RankSeg's multi-label head on object queries.
 
     proj_dec (Linear d_in -> d), learned class tokens `cls_emb` [1, K, d], one pre-norm ViT
-    block (heads d // 64, FFN 4d, dropout), LayerNorm, GroupWiseLinear
+    block (heads d // 64 officially, FFN 4d, dropout), LayerNorm, GroupWiseLinear
     (`mask2former/modeling/multilabel_head.py:44-98`, built at
-    `mask2former/maskformer_model.py:159-171` with dropout 0.1).
-    Parameter paths: cls_emb, proj_dec.{kernel,bias}, block.<Block>, norm.{scale,bias},
-    fc.{kernel [K, d], bias [K]}.
+    `mask2former/maskformer_model.py:159-171` with dropout 0.1). No positional embedding,
+    no pooling of the queries.
+    Parameter paths: cls_emb [1, K, d], proj_dec.{kernel [d_in, d], bias}, block.<Block>,
+    norm.{scale,bias}, fc.{kernel [K, d], bias [K]}.
     """
 
     def __init__(self, *, num_classes: int, d_in: int, d_model: int, num_heads: int,
@@ -63,12 +69,21 @@ class MultiLabelHead(nnx.Module):
         self.fc = GroupWiseLinear(num_classes, d_model, rngs=rngs)
         self.dtype = dtype
 
-    def __call__(self, queries: jax.Array, rng: jax.Array | None = None) -> jax.Array:
-        """queries: [B, Q, d_in] raw decoder-layer outputs -> image logits [B, K] float32."""
+    def __call__(self, queries: jax.Array, rng: jax.Array | None = None, *,
+                 return_intermediates: bool = False):
+        """queries: [B, Q, d_in] raw decoder-layer outputs; rng: dropout key (None = eval).
+
+        Returns image logits [B, K] float32; with return_intermediates (logits, {'tokens'
+        [B, Q, d] = proj_dec output, 'block_out' / 'norm_out' [B, Q+K, d]}).
+        """
         tokens = self.proj_dec(queries.astype(self.dtype))
         emb = jnp.broadcast_to(self.cls_emb[...], (tokens.shape[0],) + self.cls_emb.shape[1:])
-        logits, _ = encode_class_tokens([self.block], self.norm, self.fc, tokens, emb, rng)
-        return logits
+        if not return_intermediates:
+            logits, _ = encode_class_tokens([self.block], self.norm, self.fc, tokens, emb, rng)
+            return logits
+        logits, _, seq = encode_class_tokens([self.block], self.norm, self.fc, tokens, emb, rng,
+                                             return_sequence=True)
+        return logits, {"tokens": tokens, **seq}
 
 
 def sine_position_grid(size: int, dim: int) -> np.ndarray:

@@ -1,5 +1,10 @@
 """Pure RankSeg ops: rank classes, gather per image, remap labels to ranks, scatter back.
 
+Pixel hosts (Segmenter) gather class *rows* (class tokens) with `gather_ranked` and scatter
+maps back with `scatter_to_classes`; region hosts (Mask2Former) gather the class *columns*
+of their query logits plus the no-object column with `gather_class_columns` and scatter them
+back with `scatter_class_columns` (the same two functions along the last axis).
+
 Every function is per image along the batch axis (no cross-image mixing), so outputs for a
 batch equal the outputs for its images one by one. None of them costs O(K * H * W).
 """
@@ -36,13 +41,20 @@ def oracle_scores(scores: jax.Array, present: jax.Array) -> jax.Array:
     return shifted + offset * present.astype(scores.dtype)
 
 
-def gather_ranked(features: jax.Array, indices: jax.Array) -> jax.Array:
-    """Gathers per-image rows: out[b, r] = features[b, indices[b, r]].
+def gather_ranked(features: jax.Array, indices: jax.Array, axis: int = 1) -> jax.Array:
+    """Gathers per image along `axis`: out[b, .., r, ..] = features[b, .., indices[b, r], ..].
 
-    features: [B, K, d]; indices: [B, k] int. Returns [B, k, d]. (The official gather is only
-    correct for B = 1; this is its per-image generalisation.)
+    features: [B, ..., K at `axis`, ...] (batch first); indices: [B, k] int. Returns the same
+    shape with k at `axis`. axis=1 gathers rows (class tokens [B, K, d] -> [B, k, d]),
+    axis=-1 gathers columns (query logits [B, Q, K] -> [B, Q, k]). (The official Segmenter
+    gather is only correct for B = 1; this is its per-image generalisation.)
     """
-    return jnp.take_along_axis(features, indices[..., None].astype(jnp.int32), axis=1)
+    axis = axis % features.ndim
+    if axis == 0:
+        raise ValueError("axis 0 is the batch axis")
+    shape = [1] * features.ndim
+    shape[0], shape[axis] = indices.shape
+    return jnp.take_along_axis(features, indices.astype(jnp.int32).reshape(shape), axis=axis)
 
 
 def rank_of_class(indices: jax.Array, num_classes: int) -> jax.Array:
@@ -72,16 +84,70 @@ def remap_labels(labels: jax.Array, indices: jax.Array, num_classes: int,
 
 
 def scatter_to_classes(ranked: jax.Array, indices: jax.Array, num_classes: int,
-                       fill: float = OUTSIDE_TOPK_LOGIT) -> jax.Array:
-    """Scatters rank-ordered maps back to class ids; other classes get `fill`.
+                       fill: float = OUTSIDE_TOPK_LOGIT, axis: int = 1) -> jax.Array:
+    """Scatters rank-ordered entries back to class ids along `axis`; other classes get `fill`.
 
-    ranked: [B, k, ...]; indices: [B, k]. Returns [B, num_classes, ...] (the official eval
-    output, -100 outside the top-k). This is the O(K * h * w) path: use only when full
-    K-way logits are really wanted.
+    ranked: [B, ..., k at `axis`, ...]; indices: [B, k] (distinct per row). Returns the same
+    shape with num_classes at `axis` (the official eval output, -100 outside the top-k).
+    The inverse of `gather_ranked` on the selected classes. With maps [B, k, h, w] (axis 1)
+    this is the O(K * h * w) path: use only when full K-way logits are really wanted.
     """
-    b, k = indices.shape
-    out = jnp.full((b, num_classes) + ranked.shape[2:], fill, ranked.dtype)
-    return out.at[jnp.arange(b)[:, None], indices].set(ranked)
+    axis = axis % ranked.ndim
+    if axis == 0:
+        raise ValueError("axis 0 is the batch axis")
+    moved = jnp.moveaxis(ranked, axis, 1)  # [B, k, ...]
+    b = indices.shape[0]
+    out = jnp.full((b, num_classes) + moved.shape[2:], fill, ranked.dtype)
+    out = out.at[jnp.arange(b)[:, None], indices].set(moved)
+    return jnp.moveaxis(out, 1, axis)
+
+
+def with_no_object(indices: jax.Array, num_classes: int) -> jax.Array:
+    """Appends the no-object column K to a ranking: [B, k] -> [B, k + 1] int32.
+
+    Region classifiers (Mask2Former) have K + 1 class columns, the last = no object; it is
+    always kept, in the last rank slot (`mask2former/maskformer_model.py:294-302`).
+    """
+    b = indices.shape[0]
+    return jnp.concatenate([indices.astype(jnp.int32),
+                            jnp.full((b, 1), num_classes, jnp.int32)], axis=1)
+
+
+def gather_class_columns(logits: jax.Array, indices: jax.Array) -> jax.Array:
+    """Region class logits in rank order: [B, ..., K+1] -> [B, ..., k+1].
+
+    out[b, .., r] = logits[b, .., indices[b, r]] for r < k and the no-object column K in slot
+    k (`mask2former/maskformer_model.py:310-327`: the same ranking for every query and every
+    prediction of an image). indices: [B, k] top-k classes (`select`).
+    """
+    num_classes = logits.shape[-1] - 1
+    return gather_ranked(logits, with_no_object(indices, num_classes), axis=-1)
+
+
+def scatter_class_columns(ranked: jax.Array, indices: jax.Array, num_classes: int,
+                          fill: float = OUTSIDE_TOPK_LOGIT) -> jax.Array:
+    """Rank-order region logits back to class order: [B, ..., k+1] -> [B, ..., K+1].
+
+    The inverse of `gather_class_columns`: slot r goes to class indices[b, r], the last slot to
+    the no-object column K; classes outside the top-k get `fill` (-100, i.e. probability ~0
+    after the softmax; `mask2former/maskformer_model.py:350-359`).
+    """
+    return scatter_to_classes(ranked, with_no_object(indices, num_classes), num_classes + 1,
+                              fill, axis=-1)
+
+
+def mask_absent_classes(logits: jax.Array, present: jax.Array,
+                        fill: float = OUTSIDE_TOPK_LOGIT) -> jax.Array:
+    """The official `-gt` oracle: class columns absent from the image's ground truth -> fill.
+
+    logits: [B, ..., K+1] region class logits (last column = no object, never masked);
+    present: [B, K] bool / 0-1 ground-truth presence. Returns the same shape
+    (`mask2former/maskformer_model.py:304-307`).
+    """
+    b, k = present.shape
+    keep = jnp.concatenate([present.astype(bool), jnp.ones((b, 1), bool)], axis=1)
+    keep = keep.reshape((b,) + (1,) * (logits.ndim - 2) + (k + 1,))
+    return jnp.where(keep, logits, jnp.asarray(fill, logits.dtype))
 
 
 def class_presence(labels: jax.Array, num_classes: int) -> jax.Array:

@@ -36,6 +36,19 @@ class TrainingDiverged(FloatingPointError):
     """Loss or gradients became NaN/Inf; the last good checkpoint is kept."""
 
 
+# The meta-architectures this loop can train (Mask2Former's matcher/criterion are not here yet).
+TRAINABLE_ARCHS = ("segmenter",)
+
+
+def check_trainable(config: mlc.ConfigDict) -> None:
+    """Raises NotImplementedError, before anything is built, for an arch with no training."""
+    if config.model.arch not in TRAINABLE_ARCHS:
+        raise NotImplementedError(
+            f"training model.arch={config.model.arch!r} is not implemented yet (its Hungarian "
+            "matcher and set criterion are the next step); its models run inference with "
+            "official weights (`python -m rankseg_jax.convert`, `rankseg_jax.load_model`)")
+
+
 # --------------------------------------------------------------------------- initial weights
 
 
@@ -122,8 +135,10 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str | os.PathLike) -> di
 
     Returns {'step': last step, 'train': last logged train metrics, 'eval': last eval
     metrics or None, 'preempted': bool, 'init': where the weights came from}.
-    Raises TrainingDiverged on NaN/Inf loss or gradients (after in-flight saves finish).
+    Raises TrainingDiverged on NaN/Inf loss or gradients (after in-flight saves finish),
+    NotImplementedError for an arch without training (`check_trainable`).
     """
+    check_trainable(config)
     config_lib.validate(config)
     workdir = pathlib.Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,16 @@
 import helpers  # noqa: F401  (puts the repo root on sys.path)
 import pytest
 
-from configs import ade20k, ade20k_full, coco_lvis, coco_stuff10k, demo, pascal_context
+from configs import (
+    ade20k,
+    ade20k_full,
+    ade20k_mask2former,
+    ade20k_panoptic,
+    coco_lvis,
+    coco_stuff10k,
+    demo,
+    pascal_context,
+)
 from rankseg_jax import config as config_lib
 
 MODULES = {"ade20k": ade20k, "coco_stuff10k": coco_stuff10k, "pascal_context": pascal_context,
@@ -56,3 +65,90 @@ def test_unknown_variant_is_an_error():
         ade20k.get_config("vitl")
     with pytest.raises(config_lib.ConfigError, match="ablation"):
         ade20k.get_config("ablation=xyz")
+
+
+# ------------------------------------------------------------------ Mask2Former
+
+M2F_MODULES = {"ade20k_mask2former": ade20k_mask2former, "ade20k_panoptic": ade20k_panoptic}
+M2F_VARIANTS = ["", "rankseg", "gt", "swin_b", "smoke", "rankseg,smoke", "gt,smoke",
+                "rankseg,swin_b", "rankseg,topk=50", "rankseg,temperature=shared",
+                "rankseg,img_weight=5"]
+
+
+@pytest.mark.parametrize("name", sorted(M2F_MODULES))
+@pytest.mark.parametrize("variant", M2F_VARIANTS)
+def test_mask2former_configs_validate(name, variant):
+    config = M2F_MODULES[name].get_config(variant)
+    config_lib.validate(config, check_files=False, num_devices=1, process_count=1)
+    assert config.model.arch == "mask2former" and config.model.backbone == "swin"
+
+
+def test_mask2former_official_settings():
+    c = ade20k_mask2former.get_config()
+    sw, mf, r = c.model.swin, c.model.mask2former, c.model.rankseg
+    assert (sw.embed_dim, sw.depths, sw.num_heads, sw.window_size, sw.drop_path_rate) == (
+        192, (2, 2, 18, 2), (6, 12, 24, 48), 12, 0.3)
+    assert (mf.num_queries, mf.dec_layers, mf.enc_layers, mf.hidden_dim, mf.conv_dim) == (
+        100, 10, 6, 256, 256)
+    assert (mf.semantic_on, mf.panoptic_on, mf.cosine_classifier, mf.gt_oracle) == (
+        True, False, False, False)
+    assert not r.enabled and c.data.mean == (123.675, 116.28, 103.53)
+    assert (c.optim.name, c.optim.lr, c.optim.weight_decay, c.optim.clip_grad_norm) == (
+        "adamw", 1e-4, 0.05, 0.01)
+    rs = ade20k_mask2former.get_config("rankseg")
+    assert (rs.model.rankseg.enabled, rs.model.rankseg.topk, rs.model.rankseg.ml_hidden_dim,
+            rs.model.rankseg.ml_read_layer, rs.model.mask2former.cosine_classifier) == (
+        True, 150, 512, 2, True)
+    assert ade20k_mask2former.get_config("gt").model.mask2former.gt_oracle
+    assert ade20k_mask2former.get_config("swin_b").model.swin.embed_dim == 128
+    pan = ade20k_panoptic.get_config()
+    assert (pan.model.mask2former.num_queries, pan.model.mask2former.panoptic_on) == (200, True)
+    smoke = ade20k_panoptic.get_config("rankseg,smoke")
+    assert smoke.data.name == "synthetic" and smoke.model.num_classes == 150
+    config_lib.validate(smoke, num_devices=1, process_count=1)  # files checked: none needed
+
+
+def test_mask2former_config_errors():
+    def fails(match, variant="rankseg", **changes):
+        """changes: model options, `__` for a section dot (mask2former__conv_dim=...)."""
+        c = ade20k_mask2former.get_config(variant)
+        for key, value in changes.items():
+            *sections, leaf = key.split("__")
+            target = c.model
+            for section in sections:
+                target = target[section]
+            target[leaf] = value
+        with pytest.raises(config_lib.ConfigError, match=match):
+            config_lib.validate(c, check_files=False, num_devices=1, process_count=1)
+
+    fails(r"model\.mask2former\.conv_dim=128 != hidden_dim=256",
+          mask2former__conv_dim=128)
+    fails(r"model\.rankseg\.ml_read_layer=9 must index one of the 9 decoder layers",
+          rankseg__ml_read_layer=9)
+    fails(r"model\.mask2former\.conv_dim=48 must be a multiple of 32",
+          variant="", mask2former__conv_dim=48, mask2former__hidden_dim=48)
+    fails(r"model\.rankseg\.topk=151", rankseg__topk=151)
+    fails(r"model\.rankseg\.ml_hidden_dim=100", rankseg__ml_hidden_dim=100)
+    fails(r"model\.mask2former\.hidden_dim=250 is not divisible by model\.mask2former\.nheads",
+          variant="", mask2former__hidden_dim=250)
+    fails(r"model\.backbone='vit' cannot feed model\.arch='mask2former'", backbone="vit")
+    fails(r"model\.swin: stage 0 width 100", swin__embed_dim=100)
+    fails(r"model\.rankseg\.oracle='eval' is not implemented", rankseg__oracle="eval")
+    fails(r"model\.mask2former\.semantic_on", variant="", mask2former__semantic_on=False)
+    with pytest.raises(config_lib.ConfigError, match="choose one"):
+        ade20k_mask2former.get_config("rankseg,gt")
+    with pytest.raises(config_lib.ConfigError, match="unknown config variant 'vit_l'"):
+        ade20k_mask2former.get_config("vit_l")
+    with pytest.raises(config_lib.ConfigError, match="panoptic annotations"):
+        config_lib.validate(ade20k_panoptic.get_config(), num_devices=1, process_count=1)
+
+
+def test_options_of_the_other_host_are_ignored():
+    m2f = ade20k_mask2former.get_config("rankseg")
+    m2f.model.head.d_model, m2f.model.vit.num_heads = 100, 7  # Segmenter/ViT-only options
+    m2f.model.rankseg.downsample = 3
+    config_lib.validate(m2f, check_files=False, num_devices=1, process_count=1)
+    seg = ade20k.get_config()
+    seg.model.mask2former.conv_dim, seg.model.swin.depths = 33, (1,)  # Mask2Former-only
+    seg.model.rankseg.ml_read_layer = 99
+    config_lib.validate(seg, check_files=False, num_devices=1, process_count=1)

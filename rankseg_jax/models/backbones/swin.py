@@ -47,19 +47,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from rankseg_jax.config import schema
 from rankseg_jax.models import transformer as tfm
 
 LN_EPS = 1e-5  # nn.LayerNorm default (`swin.py:703`)
 SHIFT_MASK_VALUE = -100.0  # finite, as official (`swin.py:437-439`), not -inf
 
-# Official presets (`microsoft/Swin-Transformer` configs). Window 7 for the 224 ImageNet
-# models, 12 for the 384 ones: pass it separately.
-SWIN_PRESETS = {
-    "tiny": dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24)),
-    "small": dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24)),
-    "base": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
-    "large": dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48)),
-}
+# Official presets (window passed separately), shared with the config schema.
+SWIN_PRESETS = schema.SWIN_PRESETS
 
 
 @functools.lru_cache(maxsize=64)
