@@ -43,11 +43,10 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import memory_numbers  # noqa: E402
 
 CROP = (512, 512)
-MIB = 2**20
 
 
 def _config(k: int, head: str, kappa: int, preset: str):
@@ -65,26 +64,6 @@ def _config(k: int, head: str, kappa: int, preset: str):
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 1, 1
     config_lib.validate(c)
     return c
-
-
-def _cost(compiled) -> float:
-    try:
-        ca = compiled.cost_analysis()
-    except Exception:  # noqa: BLE001 - not every backend implements it
-        return float("nan")
-    if isinstance(ca, (list, tuple)):
-        ca = ca[0] if ca else {}
-    return float((ca or {}).get("flops", float("nan")))
-
-
-def _numbers(compiled) -> dict:
-    ma = compiled.memory_analysis()
-    return {"temp_MiB": ma.temp_size_in_bytes / MIB,
-            "arg_MiB": ma.argument_size_in_bytes / MIB,
-            "out_MiB": ma.output_size_in_bytes / MIB,
-            "total_MiB": (ma.temp_size_in_bytes + ma.argument_size_in_bytes
-                          + ma.output_size_in_bytes) / MIB,
-            "gflops": _cost(compiled) / 1e9}
 
 
 def worker_step(k: int, head: str, kappa: int, preset: str, run: bool) -> dict:
@@ -110,7 +89,7 @@ def worker_step(k: int, head: str, kappa: int, preset: str, run: bool) -> dict:
     compiled = jax.jit(grad_fn).lower(abs_params, x, y, key).compile()
     out = {"K": k, "head": head, "kappa": kappa if head == "rankseg" else None,
            "compile_s": round(time.perf_counter() - t, 1), "params_M": n_params / 1e6,
-           **_numbers(compiled)}
+           **memory_numbers(compiled)}
     if run:
         params = train_state.init_state(setup)["params"]
         rng = np.random.default_rng(0)
@@ -150,7 +129,7 @@ def worker_loss(k: int, head: str, kappa: int, preset: str) -> dict:
     y = jax.ShapeDtypeStruct((1, *CROP), jnp.int32)
     compiled = jax.jit(jax.value_and_grad(loss)).lower(outs, topk, y).compile()
     return {"K": k, "head": head + " (loss only)",
-            "kappa": kappa if head == "rankseg" else None, **_numbers(compiled)}
+            "kappa": kappa if head == "rankseg" else None, **memory_numbers(compiled)}
 
 
 def _slope(rows: list[dict], key: str) -> float:

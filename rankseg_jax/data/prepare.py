@@ -185,8 +185,14 @@ def main(argv=None) -> int:
     parser.add_argument("--class_names_file", default="")
     a = parser.parse_args(argv)
     try:
-        path = prepare(a.dataset, a.src, a.out, tuple(a.splits.split(",")), a.num_workers,
-                       a.class_names_file)
+        if get_dataset_info(a.dataset).is_panoptic:  # COCO-panoptic layouts: own builder
+            from rankseg_jax.data.prepare_panoptic import prepare_panoptic
+
+            path = prepare_panoptic(a.dataset, a.src, a.out, tuple(a.splits.split(",")),
+                                    a.num_workers)
+        else:
+            path = prepare(a.dataset, a.src, a.out, tuple(a.splits.split(",")), a.num_workers,
+                           a.class_names_file)
     except (BadExampleError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -16,13 +16,21 @@ use *placeholder* names `class_0000`, ... because the real lists are too long to
 reliably; pass a names file (one name per line) to `load_class_names` /
 `config.data.class_names_file` to use the real ones.
 
+Panoptic datasets (`ade20k_panoptic`, `coco_panoptic`; `DatasetInfo.is_panoptic`): a split also
+names the folder of panoptic PNGs and the COCO-panoptic JSON (`Split.panoptic_dir`,
+`panoptic_json`); `category_ids[i]` is the JSON `category_id` of training id i (its position in
+the JSON's `categories`, as detectron2 registers them) and `thing_classes` the training ids of
+things. Their semantic label is ADE20K's own annotation (same conversion as `ade20k`) or, with
+`label_dir` empty (COCO), derived from the panoptic PNG. Read them with `data/panoptic.py`.
+
 Palettes (`palettes.py`; every picture the project draws uses `DatasetInfo.palette`): ADE20K
 uses mmseg's `ADE20KDataset.PALETTE` (`ADE20K_PALETTE`, typed from memory of mmseg; only its
 length is checked) *repaired*: 21 of its 150 colours are indistinguishable from an earlier one
 (CIE76 difference < 2.3, e.g. 'road' and 'skyscraper' share (140, 140, 140)) or close to the
 previous class id's (< 15, e.g. 'refrigerator' (20, 255, 0) / 'grandstand' (31, 255, 0)), and
 those are replaced by well-separated colours; the other 129 keep mmseg's colours. Every other
-dataset has no official palette in mmseg's form we could check, and gets a generated
+dataset except COCO-panoptic (detectron2's category colours, kept: every pair differs by
+> 11, neighbours by > 14) has no official palette we could check, and gets a generated
 well-separated one (`palettes.generated_palette`): neighbouring class ids never get similar
 colours, and no class is near-black (black is the ignore colour in pictures).
 
@@ -38,6 +46,7 @@ import pathlib
 import numpy as np
 
 from rankseg_jax.data import palettes, synthetic
+from rankseg_jax.data import panoptic_categories as pc
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)  # RGB
 IMAGENET_STD = (58.395, 57.12, 57.375)
@@ -55,6 +64,8 @@ class Split:
     image_dir: str
     label_dir: str
     list_file: str = ""  # one image stem per line; empty = every image in image_dir
+    panoptic_dir: str = ""  # panoptic datasets: folder of the COCO-panoptic RGB PNGs
+    panoptic_json: str = ""  # panoptic datasets: the COCO-panoptic JSON (segments_info)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +86,11 @@ class DatasetInfo:
       splits: (split name, Split) pairs; "val" is the evaluation split.
       train_scale, test_scale: mmseg (long, short) image scales.
       crop_size: (h, w) training crop.
+      category_ids: panoptic datasets only: the JSON `category_id` of each training id.
+      thing_classes: panoptic datasets only: the training ids of thing classes (ascending).
+      stuff_under_things: panoptic datasets only: the official preparation pasted things over
+        stuff after measuring the stuff `area`s, so a JSON `area` may exceed the segment's pixel
+        count and a segment may be absent from the PNG (ADE20K); False = both must agree.
     """
 
     name: str
@@ -93,6 +109,14 @@ class DatasetInfo:
     train_scale: tuple[int, int] = (2048, 512)
     test_scale: tuple[int, int] = (2048, 512)
     crop_size: tuple[int, int] = (512, 512)
+    category_ids: tuple[int, ...] = ()
+    thing_classes: tuple[int, ...] = ()
+    stuff_under_things: bool = False
+
+    @property
+    def is_panoptic(self) -> bool:
+        """True for panoptic datasets (they have a panoptic category table)."""
+        return bool(self.category_ids)
 
     def split(self, name: str) -> Split:
         """Returns the `Split` called `name`; raises KeyError listing the known splits."""
@@ -217,6 +241,16 @@ _ADEFULL_SPLITS = (("train", Split("train/image", "train/label")),
                    ("val", Split("val/image", "val/label")))
 _LVIS_SPLITS = (("train", Split("images/train2017", "lvis_mask/train2017")),
                 ("val", Split("images/val2017", "lvis_mask/val2017")))
+# Panoptic layouts (scales/crops: Mask2Former's short side 640 max 2560 / 800 max 1333, crops
+# 640 / 1024): ADEChallengeData2016 after Mask2Former's `datasets/prepare_ade20k_pan_seg.py`,
+# and COCO's own release (detectron2 `coco/{train,val}2017`, `coco/panoptic_*`).
+_ADE_PAN_SPLITS = tuple(
+    (s, Split(f"images/{d}", f"annotations/{d}", panoptic_dir=f"ade20k_panoptic_{s}",
+              panoptic_json=f"ade20k_panoptic_{s}.json"))
+    for s, d in (("train", "training"), ("val", "validation")))
+_COCO_PAN_SPLITS = tuple(
+    (s, Split(f"{s}2017", "", panoptic_dir=f"panoptic_{s}2017",
+              panoptic_json=f"annotations/panoptic_{s}2017.json")) for s in ("train", "val"))
 
 
 def _registry() -> dict[str, DatasetInfo]:
@@ -249,10 +283,24 @@ def _registry() -> dict[str, DatasetInfo]:
             "coco_lvis", 1284, placeholder_names(1284), palettes.generated_palette(1284), -1,
             True, label_format="png16", label_bits=16, mean=IMAGENET_MEAN, std=IMAGENET_STD,
             splits=_LVIS_SPLITS),
+        "ade20k_panoptic": DatasetInfo(
+            "ade20k_panoptic", 150, ADE20K_CLASSES, palettes.repaired_palette(ADE20K_PALETTE)[0],
+            255, True, mean=IMAGENET_MEAN, std=IMAGENET_STD, splits=_ADE_PAN_SPLITS,
+            train_scale=(2560, 640), test_scale=(2560, 640), crop_size=(640, 640),
+            category_ids=tuple(range(150)), thing_classes=pc.ADE20K_PANOPTIC_THING_IDS,
+            stuff_under_things=True),
+        "coco_panoptic": DatasetInfo(
+            "coco_panoptic", 133, pc.COCO_PANOPTIC_NAMES,
+            np.array(pc.COCO_PANOPTIC_COLORS, np.uint8), 255, False, mean=IMAGENET_MEAN,
+            std=IMAGENET_STD, splits=_COCO_PAN_SPLITS, train_scale=(1333, 800),
+            test_scale=(1333, 800), crop_size=(1024, 1024),
+            category_ids=pc.COCO_PANOPTIC_CATEGORY_IDS,
+            thing_classes=tuple(range(pc.COCO_PANOPTIC_NUM_THINGS))),
     }
 
 
 DATASETS = tuple(_registry()) + ("synthetic",)
+PANOPTIC_DATASETS = tuple(k for k, v in _registry().items() if v.is_panoptic)
 
 
 def synthetic_info(num_classes: int, num_scenes: int = 8) -> DatasetInfo:

@@ -37,18 +37,23 @@ def format_table(
     summary_header = ["aAcc", *("m" + k for k in keys)]
     summary = [_fmt(metrics["aAcc"], digits), *(_fmt(metrics["m" + k], digits) for k in keys)]
 
-    def block(head, body, name_col):
-        widths = [max(len(str(r[c])) for r in [head, *body]) for c in range(len(head))]
-        sep = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
-        # Class names left-aligned, numbers right-aligned, so decimal points line up.
-        line = lambda r: "| " + " | ".join(
-            str(v).ljust(w) if (name_col and c == 0) else str(v).rjust(w)
-            for c, (v, w) in enumerate(zip(r, widths, strict=True))
-        ) + " |"
-        return [sep, line(head), sep, *(line(r) for r in body), sep]
+    return "\n".join(["per class results:", text_table(header, rows, True),
+                      "Summary:", text_table(summary_header, [summary], False)])
 
-    return "\n".join(["per class results:", *block(header, rows, True),
-                      "Summary:", *block(summary_header, [summary], False)])
+
+def text_table(head: Sequence[Any], body: Sequence[Sequence[Any]], name_col: bool) -> str:
+    """A boxed text table: header row, then body rows (no trailing newline).
+
+    With `name_col`, the first column is left-aligned (names); all others are right-aligned so
+    that decimal points line up.
+    """
+    widths = [max(len(str(r[c])) for r in [head, *body]) for c in range(len(head))]
+    sep = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+    line = lambda r: "| " + " | ".join(  # noqa: E731
+        str(v).ljust(w) if (name_col and c == 0) else str(v).rjust(w)
+        for c, (v, w) in enumerate(zip(r, widths, strict=True))
+    ) + " |"
+    return "\n".join([sep, line(head), sep, *(line(r) for r in body), sep])
 
 
 def json_number(x):

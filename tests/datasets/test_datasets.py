@@ -21,7 +21,7 @@ from rankseg_jax.data.sources import (
     FolderSource,
 )
 
-REAL = [n for n in datasets.DATASETS if n != "synthetic"]
+REAL = [n for n in datasets.DATASETS if n != "synthetic" and n not in datasets.PANOPTIC_DATASETS]
 
 
 # --------------------------------------------------------------------------- registry

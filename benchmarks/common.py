@@ -1,0 +1,103 @@
+"""Shared pieces of the benchmarks: XLA cost/memory numbers, device peaks, the report header.
+
+Peak throughputs (dense, per chip) used for MFU; CPU has no fixed peak (MFU is not reported
+there, only achieved GFLOP/s).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+MIB = 2**20
+
+# Dense peak FLOP/s per chip by compute dtype (vendor datasheets; bf16 without sparsity;
+# float32 on NVIDIA is the TF32 tensor-core rate, which XLA uses for float32 matmuls at the
+# default precision, and the plain FP32 rate at precision "highest").
+PEAK_TFLOPS = {
+    "A100": {"bfloat16": 312.0, "float32": 19.5, "tf32": 156.0},
+    "H100": {"bfloat16": 989.0, "float32": 67.0, "tf32": 494.0},
+    "H200": {"bfloat16": 989.0, "float32": 67.0, "tf32": 494.0},
+    "TPU v4": {"bfloat16": 275.0, "float32": 275.0 / 4},
+    "TPU v5 lite": {"bfloat16": 197.0, "float32": 197.0 / 4},  # v5e
+    "TPU v5p": {"bfloat16": 459.0, "float32": 459.0 / 4},
+}
+
+
+def peak_tflops(device_kind: str, dtype: str) -> float | None:
+    """The chip's dense peak for `dtype`, or None when unknown (e.g. CPU)."""
+    for name, peaks in PEAK_TFLOPS.items():
+        if name.lower() in device_kind.lower():
+            return peaks.get(dtype)
+    return None
+
+
+def xla_flops(compiled) -> float:
+    """XLA's FLOP estimate of a compiled computation (nan if the backend has none)."""
+    try:
+        ca = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 - not every backend implements it
+        return float("nan")
+    if isinstance(ca, (list, tuple)):
+        ca = ca[0] if ca else {}
+    return float((ca or {}).get("flops", float("nan")))
+
+
+def memory_numbers(compiled) -> dict:
+    """XLA memory analysis in MiB (temp, arguments, outputs, total) and GFLOPs."""
+    ma = compiled.memory_analysis()
+    return {"temp_MiB": ma.temp_size_in_bytes / MIB,
+            "arg_MiB": ma.argument_size_in_bytes / MIB,
+            "out_MiB": ma.output_size_in_bytes / MIB,
+            "total_MiB": (ma.temp_size_in_bytes + ma.argument_size_in_bytes
+                          + ma.output_size_in_bytes) / MIB,
+            "gflops": xla_flops(compiled) / 1e9}
+
+
+def peak_device_memory_MiB() -> float | None:
+    """Peak bytes in use on device 0 (GPU/TPU allocators report it; CPU does not)."""
+    import jax
+
+    stats = jax.devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return None if peak is None else peak / MIB
+
+
+def environment() -> dict:
+    """Device, versions, date and git revision for the report header."""
+    import flax
+    import jax
+    import jaxlib
+
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                             capture_output=True, text=True).stdout.strip()
+    except OSError:
+        rev = ""
+    dev = jax.devices()[0]
+    return {"device": f"{dev.platform}:{dev.device_kind} x{jax.device_count()}",
+            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "python": platform.python_version(), "jax": jax.__version__,
+            "jaxlib": jaxlib.__version__, "flax": flax.__version__,
+            "date": datetime.date.today().isoformat(), "git": rev}
+
+
+def markdown_section(title: str, command: str, env: dict, table: str, notes: str = "") -> str:
+    """A BENCHMARKS.md section: title, command, machine and versions, the table, notes."""
+    head = (f"## {title}\n\nCommand: `{command}`  \nMachine: {env['device']} "
+            f"({env['cpu']}, {env['cores']} cores); Python {env['python']}, jax {env['jax']}, "
+            f"jaxlib {env['jaxlib']}, flax {env['flax']}; {env['date']}, git {env['git']}.\n\n")
+    return head + table.rstrip() + "\n" + (f"\n{notes.rstrip()}\n" if notes else "")
+
+
+def append_to_benchmarks(section: str) -> None:
+    """Appends a section to BENCHMARKS.md (never rewrites earlier results)."""
+    with open(os.path.join(ROOT, "BENCHMARKS.md"), "a") as f:
+        f.write("\n" + section)

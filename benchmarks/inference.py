@@ -1,0 +1,122 @@
+"""Inference speed of one image: the memory-light engine vs the literal full-K path.
+
+Builds a Segmenter(+RankSeg) model at a preset (random weights: speed does not depend on
+them) and times, for one normalised image of the given size, whole or slide inference to an
+argmax map at that size:
+
+* `light`: the jitted memory-light function used by evaluation and `jax.export`
+  (`rankseg_jax.evaluation.export.inference_fn`: windows -> per-window top-kappa logits ->
+  combine over the union of selected classes at full resolution, argmax in class chunks);
+* `full`: the official order of operations (`evaluation.full_logits.naive_scores`: K-way
+  -100-filled logits, resize, softmax, argmax).
+
+Reports compile time, median time after warm-up and XLA memory. Each run is a subprocess.
+
+    python benchmarks/inference.py --preset s16 --size 256 --k 150 --mode whole
+    python benchmarks/inference.py --standard --append
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import append_to_benchmarks, environment, markdown_section, memory_numbers  # noqa: E402
+from train_step import PRESET_NAMES, build_config  # noqa: E402
+
+# (preset, size, K, kappa (0 = baseline), mode, path)
+STANDARD = [("s16", 256, 150, 0, "whole", "full"), ("s16", 256, 150, 50, "whole", "full"),
+            ("s16", 256, 150, 50, "whole", "light"), ("s16", 256, 1284, 50, "whole", "light")]
+
+
+def measure(preset: str, size: int, k: int, kappa: int, mode: str, path: str, runs: int,
+            warmup: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from rankseg_jax import models
+    from rankseg_jax.evaluation import export, full_logits
+
+    c = build_config(preset, size, k, kappa, 1, "float32", False)
+    c.unlock()
+    c.test.mode = mode
+    model = models.build_model(c)
+    if path == "light":
+        fn = export.inference_fn(c, model, (size, size))
+    else:
+        def fn(images):
+            scores = full_logits.naive_scores(model, images, mode=mode, crop=(size, size),
+                                              stride=(size, size), ori=(size, size),
+                                              flip=False, softmax=True)
+            return jnp.argmax(scores, axis=1)
+    image = jnp.asarray(np.random.default_rng(0).standard_normal((1, size, size, 3)),
+                        jnp.float32)
+    t = time.perf_counter()
+    compiled = jax.jit(fn).lower(image).compile()
+    compile_s = time.perf_counter() - t
+    for _ in range(warmup):
+        jax.block_until_ready(compiled(image))
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        jax.block_until_ready(compiled(image))
+        times.append(time.perf_counter() - t)
+    return {"preset": preset, "size": size, "K": k, "kappa": kappa or None, "mode": mode,
+            "path": path, "compile_s": round(compile_s, 1), "time_s": statistics.median(times),
+            **memory_numbers(compiled)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", default="s16")
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--k", type=int, default=150)
+    ap.add_argument("--kappa", type=int, default=50)
+    ap.add_argument("--baseline", action="store_true")
+    ap.add_argument("--mode", default="whole", choices=["whole", "slide"])
+    ap.add_argument("--path", default="light", choices=["light", "full"])
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--standard", action="store_true")
+    ap.add_argument("--append", action="store_true")
+    ap.add_argument("--worker", nargs="*", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.worker is not None:
+        p, size, k, kappa, mode, path, runs, warmup = a.worker
+        print(json.dumps(measure(p, int(size), int(k), int(kappa), mode, path, int(runs),
+                                 int(warmup))))
+        return
+    jobs = STANDARD if a.standard else [
+        (a.preset, a.size, a.k, 0 if a.baseline else a.kappa, a.mode, a.path)]
+    rows = []
+    for job in jobs:
+        cmd = [sys.executable, __file__, "--worker", *map(str, job), str(a.runs), str(a.warmup)]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode:
+            sys.exit(f"worker {job} failed:\n{res.stderr[-4000:]}")
+        rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), flush=True)
+    lines = ["| model | size | K | kappa | mode | path | time (s) | compile (s) |"
+             " XLA temp (MiB) | GFLOPs |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        model = f"ViT-{PRESET_NAMES[r['preset']]} " + ("RankSeg" if r["kappa"] else "baseline")
+        lines.append(f"| {model} | {r['size']}² | {r['K']} | {r['kappa'] or '-'} | {r['mode']} |"
+                     f" {r['path']} | {r['time_s']:.3f} | {r['compile_s']:.0f} |"
+                     f" {r['temp_MiB']:.0f} | {r['gflops']:.1f} |")
+    text = "\n".join(lines)
+    print("\n" + text)
+    if a.append:
+        command = "python benchmarks/inference.py " + " ".join(sys.argv[1:])
+        append_to_benchmarks(markdown_section("Inference speed (one image)", command,
+                                              environment(), text))
+
+
+if __name__ == "__main__":
+    main()
