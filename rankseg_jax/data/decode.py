@@ -148,7 +148,10 @@ class _StderrCapture:
             f.seek(0)
             f.truncate()
             sys.stderr.flush()  # Python's own buffered text goes where it was meant to go
-            saved = os.dup(2)
+            try:
+                saved = os.dup(2)
+            except OSError:  # no fd 2 at all (a detached process): nothing to capture
+                return fn(*args), ""
             try:
                 os.dup2(f.fileno(), 2)
                 try:
