@@ -2,7 +2,8 @@
 
     python main.py --config=configs/demo.py --workdir=/tmp/demo
     python main.py --config=configs/ade20k.py --workdir=runs/ade --mode=eval
-    python main.py --mode=predict --checkpoint=/tmp/demo --input=images/ --output=/tmp/pred
+    python main.py --mode=predict --checkpoint=/tmp/demo --input=images/ --output=/tmp/pred \
+        [--labels=labels/]
     python main.py --mode=export --checkpoint=/tmp/demo --export_size=512,512 \
         --output=/tmp/model.jax
 For eval, predict and export `--config` is optional when `--checkpoint`/`--workdir` is a run
@@ -15,6 +16,7 @@ managed clusters); each process then reads its own slice of the data.
 from __future__ import annotations
 
 import logging
+import pathlib
 
 import jax
 from absl import app, flags
@@ -31,6 +33,9 @@ flags.DEFINE_string("checkpoint", "", "eval/predict weights: params-only dir, ru
                     ".pth; default: latest checkpoint in --workdir.")
 flags.DEFINE_string("input", "", "predict: an image file or a folder of images.")
 flags.DEFINE_string("output", "", "predict: output folder; export: the artifact file.")
+flags.DEFINE_string("labels", "", "predict: folder of ground-truth label files named like the "
+                    "images (dataset format); adds ground truth to the panels and marks true/"
+                    "false positives in the score charts.")
 flags.DEFINE_list("export_size", ["512", "512"], "export: input height,width.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (auto-detect).")
 flags.DEFINE_string("coordinator_address", "", "host:port of process 0 (multi-process).")
@@ -77,6 +82,11 @@ def main(argv):
         return
     import rankseg_jax
     from rankseg_jax import config as config_lib
+    if FLAGS.mode == "predict":  # checked before the model is loaded
+        if not FLAGS.input or not FLAGS.output:
+            raise app.UsageError("--mode=predict needs --input and --output")
+        if FLAGS.labels and not pathlib.Path(FLAGS.labels).is_dir():
+            raise app.UsageError(f"--labels={FLAGS.labels!r} is not a folder")
     source = FLAGS.checkpoint or FLAGS.workdir
     if not source:
         raise app.UsageError(f"--mode={FLAGS.mode} needs --checkpoint or a --workdir holding "
@@ -93,10 +103,9 @@ def main(argv):
         from rankseg_jax.evaluation import evaluate
         evaluate.evaluate(config, model, FLAGS.workdir or None)
     elif FLAGS.mode == "predict":
-        if not FLAGS.input or not FLAGS.output:
-            raise app.UsageError("--mode=predict needs --input and --output")
         from rankseg_jax.evaluation import predict
-        predict.predict(config, model, FLAGS.input, FLAGS.output)
+        predict.predict(config, model, FLAGS.input, FLAGS.output,
+                        label_dir=FLAGS.labels or None)
     else:
         if not FLAGS.output:
             raise app.UsageError("--mode=export needs --output (the artifact file)")

@@ -38,10 +38,10 @@ import pathlib
 import numpy as np
 from PIL import Image
 
+from rankseg_jax.data.decode import check_complete
 from rankseg_jax.data.registry import DatasetInfo
 from rankseg_jax.data.sources import (
     BadExampleError,
-    _check_not_truncated,
     decode_image,
     decode_pair,
     read_metadata,
@@ -77,7 +77,7 @@ def read_panoptic_png(data: bytes, where: str) -> np.ndarray:
 
     Raises BadExampleError naming `where` for a truncated/corrupt file or a mode other than RGB.
     """
-    _check_not_truncated(data, where)
+    check_complete(data, where)
     try:
         with Image.open(io.BytesIO(data)) as im:
             mode = im.mode

@@ -26,14 +26,12 @@ import argparse
 import concurrent.futures
 import contextlib
 import hashlib
-import io
 import json
 import pathlib
 import sys
 
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
 
 from rankseg_jax.data.registry import DATASETS, DatasetInfo, get_dataset_info
 from rankseg_jax.data.sources import (
@@ -46,25 +44,16 @@ from rankseg_jax.data.sources import (
 )
 
 
-def _pil_full_decode(data: bytes, where: str) -> None:
-    # cv2 tolerates some truncated/corrupt files with a warning; PIL's full decode refuses them.
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-    except Exception as e:
-        raise BadExampleError(f"{where}: corrupt image ({e})") from e
-
-
 def check_pair(args: tuple[str, str, str, DatasetInfo]) -> tuple[dict, str, str]:
     """Reads and validates one pair; returns (TFDS example, sha256 image, sha256 label).
 
     Takes (image path, label path, name, info). The example is {'image': original image
     bytes, 'label': `label_png` bytes, 'name': name}. Raises BadExampleError naming the file.
+    The verdict is the training sources' (`decode_pair`, one decoder: `data/decode.py`).
     """
     img_path, ann_path, name, info = args
     image_bytes = pathlib.Path(img_path).read_bytes()
     label_bytes = pathlib.Path(ann_path).read_bytes()
-    _pil_full_decode(image_bytes, img_path)
     decode_pair(image_bytes, label_bytes, info, name, img_path, ann_path)
     example = {"image": image_bytes, "label": label_png(label_bytes, info, ann_path),
                "name": name}

@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from rankseg_jax.data.panoptic import decode_panoptic, list_panoptic
-from rankseg_jax.data.prepare import RankSegBuilder, _pil_full_decode
+from rankseg_jax.data.prepare import RankSegBuilder
 from rankseg_jax.data.registry import DatasetInfo, get_dataset_info
 from rankseg_jax.data.sources import TFDS_VERSION, label_png, tfds_builder_name
 
@@ -41,7 +41,7 @@ def check_panoptic_example(args: tuple[dict, DatasetInfo]) -> tuple[dict, dict[s
     entry, info = args
     files = {k: pathlib.Path(entry[k]).read_bytes() for k in ("image", "panoptic", "label")
              if entry[k]}
-    _pil_full_decode(files["image"], entry["image"])
+    # decode_panoptic decodes the image with the training sources' decoder: one verdict.
     ex = decode_panoptic(files["image"], files["panoptic"], entry["segments_info"], info,
                          entry["name"], files.get("label"), where=entry["panoptic"])
     present = set(np.unique(ex["panoptic"]).tolist())

@@ -23,9 +23,19 @@ the JSON's `categories`, as detectron2 registers them) and `thing_classes` the t
 things. Their semantic label is ADE20K's own annotation (same conversion as `ade20k`) or, with
 `label_dir` empty (COCO), derived from the panoptic PNG. Read them with `data/panoptic.py`.
 
-Palettes: ADE20K uses mmseg's `ADE20KDataset.PALETTE` (typed from memory of mmseg; only its
-length is checked). Every other dataset uses the deterministic PASCAL-VOC bit-interleaving
-colour map (`voc_colormap`), which gives distinct colours for up to 2**24 classes.
+Palettes (`palettes.py`; every picture the project draws uses `DatasetInfo.palette`): ADE20K
+uses mmseg's `ADE20KDataset.PALETTE` (`ADE20K_PALETTE`, typed from memory of mmseg; only its
+length is checked) *repaired*: 21 of its 150 colours are indistinguishable from an earlier one
+(CIE76 difference < 2.3, e.g. 'road' and 'skyscraper' share (140, 140, 140)) or close to the
+previous class id's (< 15, e.g. 'refrigerator' (20, 255, 0) / 'grandstand' (31, 255, 0)), and
+those are replaced by well-separated colours; the other 129 keep mmseg's colours. Every other
+dataset except COCO-panoptic (detectron2's category colours, kept: every pair differs by
+> 11, neighbours by > 14) has no official palette we could check, and gets a generated
+well-separated one (`palettes.generated_palette`): neighbouring class ids never get similar
+colours, and no class is near-black (black is the ignore colour in pictures).
+
+The synthetic dataset's class names come from `synthetic.class_names`: scene-specific names
+("sand", "tree", ...) that follow the dataset's scene structure.
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ import pathlib
 
 import numpy as np
 
+from rankseg_jax.data import palettes, synthetic
 from rankseg_jax.data import panoptic_categories as pc
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)  # RGB
@@ -114,20 +125,6 @@ class DatasetInfo:
                 return value
         raise KeyError(f"dataset {self.name!r} has no split {name!r}; known: "
                        f"{[k for k, _ in self.splits]}")
-
-
-def voc_colormap(num_classes: int) -> np.ndarray:
-    """PASCAL-VOC colour map: the bits of the class id spread over R, G, B.
-
-    Takes K; returns uint8 [K, 3]. Deterministic and distinct for K <= 2**24.
-    """
-    ids = np.arange(num_classes, dtype=np.int64)
-    cmap = np.zeros((num_classes, 3), dtype=np.int64)
-    for shift in range(7, -1, -1):
-        for ch in range(3):
-            cmap[:, ch] |= ((ids >> ch) & 1) << shift
-        ids = ids >> 3
-    return cmap.astype(np.uint8)
 
 
 def placeholder_names(num_classes: int) -> tuple[str, ...]:
@@ -260,34 +257,35 @@ def _registry() -> dict[str, DatasetInfo]:
     pc_scale = (4160, 520)  # (520*8, 520): short side 520, as RankSeg/Segmenter (P6)
     return {
         "ade20k": DatasetInfo(
-            "ade20k", 150, ADE20K_CLASSES, np.array(ADE20K_PALETTE, np.uint8), 255, True,
-            splits=_ADE_SPLITS),
+            "ade20k", 150, ADE20K_CLASSES, palettes.repaired_palette(ADE20K_PALETTE)[0], 255,
+            True, splits=_ADE_SPLITS),
         "coco_stuff10k": DatasetInfo(
-            "coco_stuff10k", 171, COCO_STUFF_CLASSES, voc_colormap(171), 255, True,
-            mean=IMAGENET_MEAN, std=IMAGENET_STD, label_suffix="_labelTrainIds.png",
+            "coco_stuff10k", 171, COCO_STUFF_CLASSES, palettes.generated_palette(171), 255,
+            True, mean=IMAGENET_MEAN, std=IMAGENET_STD, label_suffix="_labelTrainIds.png",
             splits=_C10K_SPLITS),
         "coco_stuff164k": DatasetInfo(
-            "coco_stuff164k", 171, COCO_STUFF_CLASSES, voc_colormap(171), 255, False,
-            mean=IMAGENET_MEAN, std=IMAGENET_STD, label_suffix="_labelTrainIds.png",
+            "coco_stuff164k", 171, COCO_STUFF_CLASSES, palettes.generated_palette(171), 255,
+            False, mean=IMAGENET_MEAN, std=IMAGENET_STD, label_suffix="_labelTrainIds.png",
             splits=_C164K_SPLITS),
         "pascal_context60": DatasetInfo(
-            "pascal_context60", 60, PASCAL_CONTEXT60_CLASSES, voc_colormap(60), 255, False,
-            splits=_PC_SPLITS, train_scale=pc_scale, test_scale=pc_scale, crop_size=(480, 480)),
-        "pascal_context59": DatasetInfo(
-            "pascal_context59", 59, PASCAL_CONTEXT60_CLASSES[1:], voc_colormap(60)[1:], 255,
-            True, splits=_PC_SPLITS, train_scale=pc_scale, test_scale=pc_scale,
+            "pascal_context60", 60, PASCAL_CONTEXT60_CLASSES, palettes.generated_palette(60), 255,
+            False, splits=_PC_SPLITS, train_scale=pc_scale, test_scale=pc_scale,
             crop_size=(480, 480)),
+        "pascal_context59": DatasetInfo(
+            "pascal_context59", 59, PASCAL_CONTEXT60_CLASSES[1:],
+            palettes.generated_palette(60)[1:], 255, True, splits=_PC_SPLITS,
+            train_scale=pc_scale, test_scale=pc_scale, crop_size=(480, 480)),
         "ade20k_full": DatasetInfo(
-            "ade20k_full", 847, placeholder_names(847), voc_colormap(847), -1, False,
-            label_format="tiff16", label_bits=16, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+            "ade20k_full", 847, placeholder_names(847), palettes.generated_palette(847), -1,
+            False, label_format="tiff16", label_bits=16, mean=IMAGENET_MEAN, std=IMAGENET_STD,
             label_suffix=".tif", splits=_ADEFULL_SPLITS),
         "coco_lvis": DatasetInfo(
-            "coco_lvis", 1284, placeholder_names(1284), voc_colormap(1284), -1, True,
-            label_format="png16", label_bits=16, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+            "coco_lvis", 1284, placeholder_names(1284), palettes.generated_palette(1284), -1,
+            True, label_format="png16", label_bits=16, mean=IMAGENET_MEAN, std=IMAGENET_STD,
             splits=_LVIS_SPLITS),
         "ade20k_panoptic": DatasetInfo(
-            "ade20k_panoptic", 150, ADE20K_CLASSES, np.array(ADE20K_PALETTE, np.uint8), 255,
-            True, mean=IMAGENET_MEAN, std=IMAGENET_STD, splits=_ADE_PAN_SPLITS,
+            "ade20k_panoptic", 150, ADE20K_CLASSES, palettes.repaired_palette(ADE20K_PALETTE)[0],
+            255, True, mean=IMAGENET_MEAN, std=IMAGENET_STD, splits=_ADE_PAN_SPLITS,
             train_scale=(2560, 640), test_scale=(2560, 640), crop_size=(640, 640),
             category_ids=tuple(range(150)), thing_classes=pc.ADE20K_PANOPTIC_THING_IDS,
             stuff_under_things=True),
@@ -305,14 +303,15 @@ DATASETS = tuple(_registry()) + ("synthetic",)
 PANOPTIC_DATASETS = tuple(k for k, v in _registry().items() if v.is_panoptic)
 
 
-def synthetic_info(num_classes: int) -> DatasetInfo:
-    """The procedural dataset's info for K classes (no files; ignore 255, no reduction)."""
-    return DatasetInfo("synthetic", num_classes, placeholder_names(num_classes),
-                       voc_colormap(num_classes), 255, False, label_format="none")
+def synthetic_info(num_classes: int, num_scenes: int = 8) -> DatasetInfo:
+    """The procedural dataset's info for K classes in S scene types (no files; ignore 255, no
+    reduction; names from `synthetic.class_names`)."""
+    return DatasetInfo("synthetic", num_classes, synthetic.class_names(num_classes, num_scenes),
+                       palettes.generated_palette(num_classes), 255, False, label_format="none")
 
 
 def get_dataset_info(name: str, *, num_classes: int | None = None,
-                     class_names_file: str = "") -> DatasetInfo:
+                     class_names_file: str = "", num_scenes: int = 8) -> DatasetInfo:
     """Looks up a dataset by registry name.
 
     Args:
@@ -320,13 +319,14 @@ def get_dataset_info(name: str, *, num_classes: int | None = None,
       num_classes: K for "synthetic" (required there); for real datasets, if given, it must
         equal the registry's K.
       class_names_file: optional names file replacing the registry's names (one per line).
+      num_scenes: the synthetic dataset's scene count (its class names follow the scenes).
     Returns:
       The `DatasetInfo`. Raises KeyError for an unknown name, ValueError for a K mismatch.
     """
     if name == "synthetic":
         if num_classes is None:
             raise ValueError("the synthetic dataset needs num_classes")
-        info = synthetic_info(num_classes)
+        info = synthetic_info(num_classes, num_scenes)
     else:
         registry = _registry()
         if name not in registry:
@@ -372,7 +372,8 @@ def dataset_info(config) -> DatasetInfo:
                          "use format 'synthetic' exactly for the synthetic dataset")
     try:
         info = get_dataset_info(d.name, num_classes=config.model.num_classes,
-                                class_names_file=d.class_names_file)
+                                class_names_file=d.class_names_file,
+                                num_scenes=d.synthetic.num_scenes)
     except ValueError as e:
         raise ValueError(f"model.num_classes / data.class_names_file: {e}") from e
     if d.ignore_index != info.ignore_index:

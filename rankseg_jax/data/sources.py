@@ -4,10 +4,12 @@ Labels come out in training ids (0..K-1) with the dataset's ignore value (255 or
 `reduce_zero_label` and the int16 reading of 16-bit files are applied here, once, exactly as
 mmseg 0.17 does (official_spec.md §8). Nothing downstream converts labels again.
 
-Images are decoded with cv2 (as mmcv does, BGR) and flipped to RGB here. The photometric ops in
-`transforms.py` are colour-order independent (brightness/contrast act per channel alike,
-saturation/hue go through cv2's HSV, which gives the same HSV from RGB as from BGR), so they
-match mmseg numerically on the RGB array.
+Images are decoded by `decode.decode_image`, the one decoder of the project (cv2 as mmcv does,
+EXIF orientation applied, truncated and corrupt files refused, trailing bytes accepted), and
+come out RGB. The photometric ops in `transforms.py` are colour-order independent
+(brightness/contrast act per channel alike, saturation/hue go through cv2's HSV, which gives
+the same HSV from RGB as from BGR), so they match mmseg numerically on the RGB array. Labels
+are read with Pillow and never rotated (mmseg reads them with flag 'unchanged').
 
 Two sources:
   * `FolderSource`: the mmseg folder layouts users have on disk (see `datasets.py` splits).
@@ -28,15 +30,14 @@ import json
 import os
 import pathlib
 
-import cv2
 import numpy as np
 from PIL import Image
 
+from rankseg_jax.data.decode import PNG_MAGIC, BadExampleError, check_complete, decode_image
 from rankseg_jax.data.registry import DatasetInfo
 
 # Prepared datasets: TFDS builder `rankseg_<dataset>` at this version, under `data.root`.
 TFDS_VERSION = "1.0.0"
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def tfds_builder_name(dataset: str) -> str:
@@ -44,29 +45,7 @@ def tfds_builder_name(dataset: str) -> str:
     return f"rankseg_{dataset}"
 
 
-class BadExampleError(ValueError):
-    """An image/label pair that cannot be used; the message names the file."""
-
-
 # --------------------------------------------------------------------------- decoding
-
-
-def _check_not_truncated(data: bytes, where: str) -> None:
-    # libjpeg/libpng decode truncated files with a warning and grey fill; catch them by their
-    # missing end marker so a cut-off download never becomes a silently wrong sample.
-    if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-1024:]:
-        raise BadExampleError(f"{where}: truncated JPEG (no end-of-image marker)")
-    if data[:8] == PNG_MAGIC and b"IEND" not in data[-64:]:
-        raise BadExampleError(f"{where}: truncated PNG (no IEND chunk)")
-
-
-def decode_image(data: bytes, where: str) -> np.ndarray:
-    """Decodes JPEG/PNG bytes with cv2 (mmcv's 'color' flag); returns uint8 [H,W,3] RGB."""
-    _check_not_truncated(data, where)
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise BadExampleError(f"{where}: not a decodable image")
-    return np.ascontiguousarray(bgr[:, :, ::-1])
 
 
 def _read_raw_label(data: bytes, info: DatasetInfo, where: str) -> np.ndarray:
@@ -74,7 +53,7 @@ def _read_raw_label(data: bytes, info: DatasetInfo, where: str) -> np.ndarray:
 
     A 'tiff16' dataset's labels are TIFF in the folder layout and 16-bit PNG once prepared.
     """
-    _check_not_truncated(data, where)
+    check_complete(data, where)
     try:
         if info.label_format == "tiff16" and not data.startswith(PNG_MAGIC):
             import tifffile  # only the 16-bit TIFF datasets need it
@@ -148,6 +127,16 @@ def check_label(label: np.ndarray, info: DatasetInfo, where: str) -> None:
             f"(ignore value {info.ignore_index}, reduce_zero_label={info.reduce_zero_label})")
 
 
+def decode_label(data: bytes, info: DatasetInfo, where: str) -> np.ndarray:
+    """Decodes label file bytes into training ids: int32 [H, W] in [0, K) or the ignore value.
+
+    Raises BadExampleError naming `where` on any defect (format, bit depth, values).
+    """
+    label = to_train_ids(_read_raw_label(data, info, where), info)
+    check_label(label, info, where)
+    return label
+
+
 def decode_pair(image_bytes: bytes, label_bytes: bytes, info: DatasetInfo, name: str,
                 image_where: str = "", label_where: str = "") -> dict:
     """Decodes and validates one pair.
@@ -159,7 +148,8 @@ def decode_pair(image_bytes: bytes, label_bytes: bytes, info: DatasetInfo, name:
     label = to_train_ids(_read_raw_label(label_bytes, info, label_where or name), info)
     if label.shape != image.shape[:2]:
         raise BadExampleError(f"{label_where or name}: label size {label.shape} != image size "
-                              f"{image.shape[:2]} of {image_where or name}")
+                              f"{image.shape[:2]} of {image_where or name} (an image is "
+                              "decoded with its EXIF orientation applied, a label never)")
     check_label(label, info, label_where or name)
     return {"image": image, "label": label, "name": name}
 

@@ -12,6 +12,9 @@ image-level ranking has something to learn):
     just an offset; over the whole image its direction names the scene, and so resolves 2j/2j+1.
   * Regions are Voronoi cells of warped coordinates (several seeds per class), giving irregular
     shapes; a thin band along cell boundaries is labelled ignore (255), like real annotations.
+Class names (`class_names`): each scene type has a theme ("beach", "forest", ...) and its
+classes are named after it ("sand", "sea", ... ; "tree", "moss", ...), so pictures and charts
+read like scenes. Names are labels only: the pixels and labels do not depend on them.
 Cost: one 512x512 sample takes ~3 ms on one core (layout at 1/4, colours at 1/2 resolution).
 """
 
@@ -22,6 +25,51 @@ import numpy as np
 
 IGNORE_INDEX = 255
 _SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
+
+# Names for the classes of each scene type, most frequent first (class c is the (c // S)-th
+# class of scene c % S). Every name occurs once in the whole table.
+SCENE_NAMES = (
+    ("beach", ("sand", "sea", "sky", "palm", "parasol", "towel", "surfboard", "shell",
+               "dune", "pier", "lifeguard hut", "kite")),
+    ("forest", ("tree", "moss", "fern", "trail", "mushroom", "log", "stream", "deer",
+                "bush", "boulder", "fallen leaves", "owl")),
+    ("street", ("road", "building", "car", "sidewalk", "traffic light", "bus", "lamp post",
+                "street sign", "bicycle", "pedestrian", "crosswalk", "awning")),
+    ("kitchen", ("cabinet", "stove", "sink", "fridge", "countertop", "kettle", "pan",
+                 "plate", "oven", "wall tiles", "stool", "window")),
+    ("mountain", ("snow", "cliff", "glacier", "cloud", "pine", "scree", "hut", "lake",
+                  "ridge", "ice", "goat", "cairn")),
+    ("office", ("desk", "monitor", "keyboard", "office chair", "carpet", "whiteboard",
+                "bookshelf", "printer", "desk lamp", "potted plant", "ceiling", "door")),
+    ("farm", ("field", "barn", "tractor", "fence", "hay", "cow", "sheep", "silo",
+              "dirt road", "orchard", "horse", "scarecrow")),
+    ("harbour", ("water", "boat", "dock", "crane", "container", "buoy", "ship", "seagull",
+                 "rope", "lighthouse", "quay", "fishing net")),
+)
+
+
+def class_names(num_classes: int, num_scenes: int = 8) -> tuple[str, ...]:
+    """Names of the K synthetic classes, following the scene structure (module doc).
+
+    Class c belongs to scene c % S and is its (c // S)-th class, so it is named after that
+    scene's names (`SCENE_NAMES`, scenes beyond the table reuse it cyclically); a name used
+    again gets a number ("sand 2"). Deterministic; the data do not depend on the names.
+    Returns K distinct strings.
+    """
+    s = max(1, min(num_scenes, num_classes))  # as SyntheticSource clamps it
+    names: list[str] = []
+    seen: set[str] = set()
+    for c in range(num_classes):
+        pool = SCENE_NAMES[(c % s) % len(SCENE_NAMES)][1]
+        rank = c // s
+        base, n = pool[rank % len(pool)], 1
+        name = base
+        while name in seen:
+            n += 1
+            name = f"{base} {n}"
+        names.append(name)
+        seen.add(name)
+    return tuple(names)
 
 
 class SyntheticSource:

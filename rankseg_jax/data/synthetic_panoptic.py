@@ -25,8 +25,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from rankseg_jax.data.palettes import generated_palette
 from rankseg_jax.data.panoptic import semantic_from_panoptic
-from rankseg_jax.data.registry import DatasetInfo, voc_colormap
+from rankseg_jax.data.registry import DatasetInfo
 
 _SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 _SHAPES = ("ellipse", "rectangle", "diamond", "triangle")
@@ -38,7 +39,7 @@ def synthetic_panoptic_info(num_things: int = 20, num_stuff: int = 10) -> Datase
     k = num_things + num_stuff
     names = tuple(f"thing_{i:02d}" for i in range(num_things)) + tuple(
         f"stuff_{i:02d}" for i in range(num_stuff))
-    return DatasetInfo("synthetic_panoptic", k, names, voc_colormap(k), 255, False,
+    return DatasetInfo("synthetic_panoptic", k, names, generated_palette(k), 255, False,
                        label_format="none", category_ids=tuple(range(k)),
                        thing_classes=tuple(range(num_things)))
 

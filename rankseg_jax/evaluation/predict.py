@@ -1,34 +1,49 @@
-"""Prediction on image files: label maps, colour overlays, and the top-kappa score chart.
+"""Prediction on image files: readable label maps, panels and the Fig. 1 score chart.
 
 `predict(config, model, input_path, output_dir, label_dir=None)` accepts one image or a
-folder (any format PIL reads). Each image is keep-ratio resized to the test scale (and the
-`test.scales` / `test.flip` augmentations), inferred with the configured whole/slide mode and
-resized back to its own size (`inference.Inferencer`). Written per image `<stem>`:
+folder of images (any format OpenCV reads). Images are decoded by the project's one decoder
+(`data/decode.py`: EXIF orientation applied, as in training and evaluation), keep-ratio
+resized to the test scale (and the `test.scales` / `test.flip` augmentations), inferred with
+the configured whole/slide mode and resized back to their own size (`inference.Inferencer`).
 
-* `<stem>_labels.png`: training-id label map, 8-bit when K <= 256, else 16-bit (PIL 'I;16');
-* `<stem>_overlay.png`: image blended with the dataset palette, legend of the classes shown;
-* `<stem>_scores.png` (RankSeg): bar chart of the top-kappa sigmoid scores (paper Fig. 1);
-  with `label_dir`, bars are green for classes in the ground truth (true positives) and red
-  otherwise, and ground-truth classes missed by the top-kappa are listed.
+Written per image, `<out>/<stem>_*` (drawing in `visualize.py`):
+* `_labels.png`: the predicted training ids, a palette PNG (mode 'P': ids as indices, the
+  dataset's colours attached) when K <= 256; for K > 256 a 16-bit grayscale PNG of the ids
+  plus `_labels_color.png`;
+* `_panel.png`: image | prediction | ground truth (with `label_dir`), legend of the classes
+  present in either;
+* `_scores.png` (RankSeg models): the top-20 classes by multi-label score with the kappa cut
+  (paper Fig. 1); with `label_dir`, true positives in black and their map colour, false
+  positives in red.
+A summary of what was written (counts and paths) is printed at the end.
 
-Labels in `label_dir` are found by image stem (any extension) and converted to training ids
-exactly as the dataset sources do (reduce_zero_label, 16-bit reading).
+Output names: `<stem>` is the input file's stem. Two inputs with the same stem (`same.jpg`,
+`same.png`) would overwrite each other's outputs, so such inputs keep their extension in the
+stem (`same_jpg_*`, `same_png_*`); if names still clash, `predict` refuses before any work
+with an error listing them.
+
+Ground truth: `label_dir` holds label files in the dataset's format, found by image stem:
+`<stem><data label_suffix>` (e.g. `_labelTrainIds.png`), else `<stem>.<any extension>`.
+They are converted to training ids exactly as the dataset sources do (reduce_zero_label,
+16-bit reading). A missing, unreadable or differently sized label is reported and that image
+is drawn without ground truth.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import pathlib
 
 import numpy as np
-from PIL import Image
 
 from rankseg_jax.data import pipeline as input_pipeline
-from rankseg_jax.data.sources import _read_raw_label, to_train_ids
-from rankseg_jax.evaluation import inference
+from rankseg_jax.data.decode import BadExampleError, read_image_file
+from rankseg_jax.data.sources import decode_label
+from rankseg_jax.evaluation import inference, visualize
 
-_LEGEND_MAX = 20  # classes shown in an overlay legend (by area)
+log = logging.getLogger(__name__)
 
 
 def _list_inputs(input_path: pathlib.Path) -> list[pathlib.Path]:
@@ -39,82 +54,83 @@ def _list_inputs(input_path: pathlib.Path) -> list[pathlib.Path]:
     raise FileNotFoundError(f"predict input {str(input_path)!r} does not exist")
 
 
-def read_image(path: pathlib.Path) -> np.ndarray:
-    """Reads any PIL-readable image as uint8 [H, W, 3] RGB; raises ValueError naming it."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return np.asarray(im.convert("RGB"), np.uint8)
-    except Exception as e:  # PIL raises many types for corrupt / non-image files
-        raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
+def output_stems(files: list[pathlib.Path]) -> list[str]:
+    """Output name stems, one per input file, never two alike (module doc).
+
+    Files sharing a stem (compared case-insensitively, as some file systems do) get
+    `<stem>_<extension>`. Raises ValueError listing the inputs whose names still clash.
+    """
+    def key(s):
+        return s.lower()
+
+    count: dict[str, int] = {}
+    for f in files:
+        count[key(f.stem)] = count.get(key(f.stem), 0) + 1
+    stems = [f"{f.stem}_{f.suffix.lstrip('.')}" if count[key(f.stem)] > 1 else f.stem
+             for f in files]
+    owners: dict[str, list[str]] = {}
+    for f, s in zip(files, stems, strict=True):
+        owners.setdefault(key(s), []).append(f.name)
+    clashes = [names for names in owners.values() if len(names) > 1]
+    if clashes:
+        raise ValueError("predict: these inputs would write to the same output names; rename "
+                         "one of each group: " + "; ".join(", ".join(c) for c in clashes))
+    return stems
 
 
-def _find_label(label_dir: pathlib.Path, stem: str) -> pathlib.Path | None:
-    hits = sorted(p for p in label_dir.glob(stem + ".*") if p.is_file())
+def find_label(label_dir: pathlib.Path, stem: str, label_suffix: str) -> pathlib.Path | None:
+    """The ground-truth file of image `stem` in `label_dir`, or None (module doc)."""
+    exact = label_dir / f"{stem}{label_suffix}"
+    if exact.is_file():
+        return exact
+    hits = sorted(p for p in label_dir.iterdir()
+                  if p.is_file() and p.stem == stem and p.suffix)
     return hits[0] if hits else None
 
 
-def write_label_png(path: str | os.PathLike, pred: np.ndarray, num_classes: int) -> None:
-    """Label map as PNG: uint8 when all ids fit (K <= 256), else 16-bit grayscale."""
-    if num_classes <= 256:
-        Image.fromarray(pred.astype(np.uint8), mode="L").save(path)
-    else:
-        Image.fromarray(pred.astype(np.uint16)).save(path)  # PIL stores it as I;16
+@dataclasses.dataclass
+class _Tally:
+    images: int = 0
+    with_gt: int = 0
+    skipped: list = dataclasses.field(default_factory=list)
+    gt_problems: list = dataclasses.field(default_factory=list)
+    written: dict = dataclasses.field(default_factory=dict)  # kind -> paths
+
+    def add(self, kind: str, paths: list[str]) -> None:
+        self.written.setdefault(kind, []).extend(paths)
 
 
-def _overlay(path, image, pred, palette, names, alpha=0.5) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.patches as mpatches
-    import matplotlib.pyplot as plt
-
-    colour = palette[np.clip(pred, 0, len(palette) - 1)]
-    blend = (image.astype(np.float32) * (1 - alpha) + colour * alpha).astype(np.uint8)
-    ids, area = np.unique(pred, return_counts=True)
-    shown = ids[np.argsort(-area, kind="stable")][:_LEGEND_MAX]
-    h, w = pred.shape
-    # Small images are shown enlarged (at least 4 inches wide); the legend gets 2.5 inches.
-    disp_w = max(4.0, w / 100)
-    disp_h = max(disp_w * h / w, 0.18 * len(shown) + 0.4)
-    fig = plt.figure(figsize=(disp_w + 2.5, disp_h), dpi=100)
-    ax = fig.add_axes((0, 0, disp_w / (disp_w + 2.5), 1))
-    ax.imshow(blend)
-    ax.axis("off")
-    handles = [mpatches.Patch(color=palette[c] / 255.0, label=f"{c}: {names[c]}")
-               for c in shown]
-    fig.legend(handles=handles, loc="center right", fontsize=7, frameon=False)
-    fig.savefig(path)
-    plt.close(fig)
+def _ground_truth(label_dir, stem, shape, info):
+    """(gt int32 [H, W] or None, problem message or None)."""
+    path = find_label(pathlib.Path(label_dir), stem, info.label_suffix)
+    if path is None:
+        return None, f"{stem}: no label in {label_dir}"
+    try:
+        gt = decode_label(path.read_bytes(), info, str(path))
+    except BadExampleError as e:
+        return None, str(e)
+    if gt.shape != shape:
+        return None, (f"{path}: label size {gt.shape} != image size {shape} (images are "
+                      "decoded with their EXIF orientation applied, labels never)")
+    return gt, None
 
 
-def _score_chart(path, scores, topk, names, gt=None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    probs = 1.0 / (1.0 + np.exp(-scores[topk].astype(np.float64)))
-    if gt is None:
-        colours = ["tab:blue"] * len(topk)
-    else:
-        colours = ["tab:green" if gt[c] else "tab:red" for c in topk]
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * len(topk) + 1.5), 3.5), dpi=100)
-    ax.bar(np.arange(len(topk)), probs, color=colours)
-    ax.set_xticks(np.arange(len(topk)))
-    ax.set_xticklabels([names[c] for c in topk], rotation=60, ha="right", fontsize=7)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("sigmoid score")
-    title = f"top-{len(topk)} classes"
-    if gt is not None:
-        missed = [names[c] for c in np.flatnonzero(gt) if c not in set(topk.tolist())]
-        title += (f"\ngreen: in GT, red: not in GT; {int(gt[topk].sum())}/{int(gt.sum())} GT "
-                  "classes kept" + (f"\nmissed: {', '.join(missed[:5])}"
-                                    + (" ..." if len(missed) > 5 else "") if missed else ""))
-    ax.set_title(title, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+def _summary(tally: _Tally, input_path, out_dir, kappa, has_labels) -> str:
+    lines = [f"predict: {tally.images} image(s) from {input_path} -> {out_dir}"]
+    what = {"labels": "label maps (class ids; palette PNG, or 16-bit + colour PNG for K > 256)",
+            "panel": "panels (image | prediction" + (" | ground truth)" if has_labels else ")"),
+            "scores": f"score charts (top-{visualize.TOP} classes, kappa = {kappa})"}
+    for kind, text in what.items():
+        paths = tally.written.get(kind, [])
+        if paths:
+            lines.append(f"  {len(paths):4d} {text}, e.g. {paths[0]}")
+    if has_labels:
+        lines.append(f"  ground truth used for {tally.with_gt} of {tally.images} image(s)")
+        lines += [f"    {m}" for m in tally.gt_problems[:10]]
+    if tally.skipped:
+        lines.append(f"  skipped {len(tally.skipped)} unreadable file(s):")
+        lines += [f"    {m}" for m in tally.skipped[:10]]
+    return "\n".join(lines)
 
 
 def predict(config, model, input_path, output_dir, *, label_dir=None) -> list[str]:
@@ -124,49 +140,57 @@ def predict(config, model, input_path, output_dir, *, label_dir=None) -> list[st
       config: full config (model.*, data.* for scale/normalisation/palette, test.*).
       model: a `Segmentor`.
       input_path: an image file, or a folder whose readable images are all predicted
-        (unreadable files are logged and skipped there; a single unreadable file raises
+        (unreadable files are reported and skipped there; a single unreadable file raises
         ValueError naming it).
       output_dir: created if needed.
-      label_dir: optional folder of label files named like the images (by stem).
+      label_dir: optional folder of ground-truth label files (module doc).
     Returns:
-      Paths of the written files, in order.
+      Paths of the written files, in order. Prints a summary.
     """
     info = input_pipeline.dataset_info(config)
     k = config.model.num_classes
     input_path, out_dir = pathlib.Path(input_path), pathlib.Path(output_dir)
     files = _list_inputs(input_path)
+    stems = output_stems(files)
     single = input_path.is_file()
     out_dir.mkdir(parents=True, exist_ok=True)
     engine = inference.Inferencer(config, model)
     palette = np.asarray(info.palette, np.uint8)
+    kappa = config.model.rankseg.topk
+    tally = _Tally()
     written: list[str] = []
-    for path in files:
+    for path, stem in zip(files, stems, strict=True):
         try:
-            image = read_image(path)
-        except ValueError as e:
+            image = read_image_file(path)
+        except BadExampleError as e:
             if single:
                 raise
-            logging.warning("skipping %s", e)
-            print(f"skipping unreadable file: {e}", flush=True)
+            log.warning("skipping %s", e)
+            tally.skipped.append(str(e))
             continue
+        tally.images += 1
         gt = None
         if label_dir is not None:
-            label_path = _find_label(pathlib.Path(label_dir), path.stem)
-            if label_path is None:
-                logging.warning("no label for %s in %s", path.name, label_dir)
-            else:
-                label = to_train_ids(_read_raw_label(label_path.read_bytes(), info,
-                                                     str(label_path)), info)
-                valid = label[(label >= 0) & (label < k)]
-                gt = np.bincount(valid.reshape(-1), minlength=k) > 0
+            gt, problem = _ground_truth(label_dir, path.stem, image.shape[:2], info)
+            if problem:
+                log.warning("%s", problem)
+                tally.gt_problems.append(problem)
+            tally.with_gt += gt is not None
+        gt_present = None if gt is None else visualize.class_areas(gt, k) > 0
         res = engine.predict(engine.views(image), image.shape[:2],
-                             gt.astype(np.float32) if gt is not None and
-                             model.use_oracle_eval else None)
-        stem = out_dir / path.stem
-        write_label_png(f"{stem}_labels.png", res.pred, k)
-        _overlay(f"{stem}_overlay.png", image, res.pred, palette, info.class_names)
-        written += [f"{stem}_labels.png", f"{stem}_overlay.png"]
+                             gt_present.astype(np.float32) if gt_present is not None
+                             and model.use_oracle_eval else None)
+        base = os.fspath(out_dir / stem)
+        files_out = {"labels": visualize.write_label_pngs(base, res.pred, palette)}
+        title = f"{path.name} ({image.shape[0]}x{image.shape[1]})"
+        fig = visualize.panel_figure(image, res.pred, palette, info.class_names, gt, title)
+        files_out["panel"] = [visualize.save(fig, f"{base}_panel.png")]
         if res.topk is not None:
-            _score_chart(f"{stem}_scores.png", res.image_logits, res.topk, info.class_names, gt)
-            written.append(f"{stem}_scores.png")
+            fig = visualize.score_chart_figure(res.image_logits, kappa, info.class_names,
+                                               palette, gt_present, title)
+            files_out["scores"] = [visualize.save(fig, f"{base}_scores.png")]
+        for kind, paths in files_out.items():
+            tally.add(kind, paths)
+            written += paths
+    print(_summary(tally, input_path, out_dir, kappa, label_dir is not None), flush=True)
     return written

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 
-from rankseg_jax import checkpointing, sharding
+from rankseg_jax import checkpointing, pretrained, sharding
 from rankseg_jax import config as config_lib
 from rankseg_jax.config import serialization
 from rankseg_jax.data import pipeline as input_pipeline
@@ -93,6 +93,13 @@ def initial_state(setup: ts.TrainSetup, ckpt: checkpointing.Checkpointer, data_i
     return ts.init_state(setup), "random init"
 
 
+def _warn_if_random_init(config, source: str, logger: MetricLogger) -> None:
+    """Says what the paper started from when a paper config trains from random init."""
+    warning = pretrained.random_init_warning(config) if source == "random init" else None
+    if warning:
+        logger.info(f"warning: {warning}")
+
+
 # --------------------------------------------------------------------------- evaluation
 
 
@@ -155,6 +162,7 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str | os.PathLike) -> di
     logger = MetricLogger(workdir, total_steps=t.steps, initial_step=start,
                           enabled=jax.process_index() == 0)
     logger.info(f"mesh {dict(mesh.shape)}; weights from {source}; starting at step {start}")
+    _warn_if_random_init(config, source, logger)
     replicated = sharding.replicated_bytes_fraction(setup.abstract_state["params"],
                                                     setup.state_shardings["params"])
     if mesh.shape["fsdp"] * mesh.shape["tensor"] > 1 and replicated > 0.5:

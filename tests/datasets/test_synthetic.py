@@ -80,3 +80,25 @@ def test_cost_of_a_512_sample():
         src[i]
     per = (time.perf_counter() - t) / 10
     assert per < 0.05, f"{per * 1e3:.1f} ms per 512x512 sample"  # ~4 ms on an idle core
+
+
+def test_class_names_follow_the_scenes():
+    from rankseg_jax.config import base_config
+    from rankseg_jax.data import registry, synthetic
+    from rankseg_jax.data.pipeline import dataset_info
+
+    names = synthetic.class_names(48, 8)
+    assert len(set(names)) == 48 and names == synthetic.class_names(48, 8)
+    pools = dict(synthetic.SCENE_NAMES)
+    scenes = [scene for scene, _ in synthetic.SCENE_NAMES]
+    for c, name in enumerate(names):  # class c is the (c // 8)-th class of scene c % 8
+        assert name == pools[scenes[c % 8]][c // 8]
+    big = synthetic.class_names(1284, 8)
+    assert len(set(big)) == 1284 and big[1280] == "parasol 14"  # rank 160 = 13 * 12 + 4
+    assert len(set(synthetic.class_names(40, 20))) == 40  # more scenes than themes
+    # The config's scene count reaches the dataset info, and K < S clamps as the data do.
+    c = base_config()
+    c.model.num_classes = 30
+    c.data.synthetic.num_scenes = 3
+    assert dataset_info(c).class_names == synthetic.class_names(30, 3)
+    assert registry.get_dataset_info("synthetic", num_classes=2).class_names == ("sand", "tree")

@@ -42,9 +42,15 @@ def test_eval_and_predict_modes(tmp_path):
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (70, 90, 3), np.uint8)).save(images / "a.jpg")
     (images / "b.png").write_bytes(b"not an image")
-    _main("--config=configs/ade20k.py:smoke", "--mode=predict", f"--checkpoint={run}",
-          f"--input={images}", f"--output={tmp_path / 'out'}")
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    # :smoke trains on synthetic data with ADE's K: its labels are training ids 0..149.
+    Image.fromarray(rng.integers(0, 150, (70, 90), np.uint8)).save(gt / "a.png")
+    log = _main("--config=configs/ade20k.py:smoke", "--mode=predict", f"--checkpoint={run}",
+                f"--input={images}", f"--output={tmp_path / 'out'}", f"--labels={gt}")
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert written == ["a_labels.png", "a_overlay.png", "a_scores.png"]
-    labels = np.asarray(Image.open(tmp_path / "out" / "a_labels.png"))
-    assert labels.shape == (70, 90) and labels.max() < 150
+    assert written == ["a_labels.png", "a_panel.png", "a_scores.png"]
+    labels = Image.open(tmp_path / "out" / "a_labels.png")
+    assert labels.mode == "P" and np.asarray(labels).shape == (70, 90)
+    assert np.asarray(labels).max() < 150
+    assert "ground truth used for 1 of 1 image(s)" in log and "b.png" in log
