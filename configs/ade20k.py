@@ -1,6 +1,6 @@
 """ADE20K (SceneParsing 150): Segmenter ViT-B/16 + RankSeg, 512x512, 160k iterations.
 
-Official config: segmenter-ori_rankseg_vit-b16_512x512_160k_ade20k.py (spec §7.3): kappa 50,
+Official config: segmenter-ori_rankseg_vit-b16_512x512_160k_ade20k.py: kappa 50,
 ASL(2, 0) x 10, SGD lr 1e-3 with weight decay 1e-6 (x100 on the ML encoder), mean = std =
 127.5.
 

@@ -4,7 +4,8 @@ The official repo has only the dataset config for ADE20K-Full (and a broken one:
 `LoadAnnotationsI16` that does not exist), no model config: kappa and the loss settings here
 are our choices (kappa = 100, ASL(2,0) x 10, weight decay as the ADE20K RankSeg config), not
 the paper's unpublished ones. Labels are 16-bit TIFF read as int16, ignore = -1 (65535), no
-zero reduction; ImageNet mean/std (spec §8.1, §8.3).
+zero reduction; ImageNet mean/std (the official
+dataset config).
 
     python main.py --config=configs/ade20k_full.py --workdir=runs/adefull
     python main.py --config=configs/ade20k_full.py:smoke --workdir=/tmp/adefull_smoke

@@ -2,8 +2,9 @@
 
 The official repo has only the dataset config (no model config): kappa and the loss settings
 are our choices (kappa = 100, ASL(2,0) x 10, ADE-style weight decay). Labels are 16-bit PNG
-read as int16 with zero reduction (label-1, so 0 -> -1 = ignore), ImageNet mean/std
-(spec §8.1, §8.3). The official README also reports a 640 setting (`:vit_l` here).
+read as int16 with zero reduction (label-1, so 0 -> -1 = ignore), ImageNet mean/std (the
+official dataset config).
+The official README also reports a 640 setting (`:vit_l` here).
 
     python main.py --config=configs/coco_lvis.py --workdir=runs/cocolvis
     python main.py --config=configs/coco_lvis.py:smoke --workdir=/tmp/cocolvis_smoke

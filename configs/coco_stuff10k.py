@@ -1,7 +1,7 @@
 """COCO-Stuff-10k (171 classes): Segmenter ViT-B/16 + RankSeg, 512x512, 40k iterations.
 
 Official configs: segmenter-ori_rankseg_vit-b16_512x512_{40k,80k}_coco-stuff10k.py and the
-ViT-L 640 40k config (spec §7.3). The official ViT-B RankSeg configs use the head's default
+ViT-L 640 40k config. The official ViT-B RankSeg configs use the head's default
 BCE image loss (not ASL), no weight decay and ImageNet mean/std; the ViT-L one uses ASL(2, 0).
 
     python main.py --config=configs/coco_stuff10k.py --workdir=runs/cocostuff

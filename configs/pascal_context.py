@@ -1,6 +1,6 @@
 """PASCAL-Context-60: Segmenter ViT-B/16 + RankSeg, 480x480, 80k iterations, kappa = 25.
 
-Official config: segmenter-ori_rankseg_vit-b16_480x480_80k_pascal-context.py (spec §7.3):
+Official config: segmenter-ori_rankseg_vit-b16_480x480_80k_pascal-context.py:
 ASL(2, 0) x 5, weight decay 1e-6 (x100 on the ML encoder). Its dataset file is
 `pascal_context_meanstd0.5_test`, so even the periodic validation is 6-scale + flip
 (pitfall 6); we reproduce that for the RankSeg config (`:ss` gives single scale) while the

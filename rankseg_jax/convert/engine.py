@@ -28,7 +28,8 @@ CONV = "conv"  # OIHW -> HWIO
 CONV1X1 = "conv1x1"  # [out, in, 1, 1] -> [in, out]
 DROP_LEAD = "drop_lead"  # [1, ...] -> [...]
 QKV = ("q", "k", "v")  # row third of a fused [3d, d] weight or [3d] bias, then (weight) .T
-# Google/Flax `.npz` layouts (official_spec.md §2.8): the tensors are already [in, out] but
+# Google/Flax `.npz` layouts (read by the official `mmseg/models/backbones/helpers/vit.py`
+# `load_weights_from_npz`): the tensors are already [in, out] but
 # keep a separate head axis, which ours folds head-major (index = head * d_h + j).
 HEADS_OUT = "heads_out"  # query/key/value kernel [D, H, d_h] -> [D, H*d_h]
 HEADS_BIAS = "heads_bias"  # query/key/value bias [H, d_h] -> [H*d_h]
@@ -147,7 +148,8 @@ class Report:
 
 
 def resample_pos_embed(value: np.ndarray, grid: tuple[int, int]) -> tuple[np.ndarray, tuple]:
-    """[1, 1+g*g, D] (square source grid) -> [1, 1+gh*gw, D], torch-bicubic exact (§2.3).
+    """[1, 1+g*g, D] (square source grid) -> [1, 1+gh*gw, D], torch-bicubic exact
+    (as the official `VisionTransformer.resize_pos_embed` does when loading).
 
     The cls entry is kept; the grid part is resized with PyTorch's bicubic (A=-0.75,
     align_corners=False, no antialias), computed in float64. Returns (table, source grid).

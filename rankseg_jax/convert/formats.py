@@ -98,7 +98,8 @@ def _npz_norm(rows, ours, theirs):
 
 
 def npz_rows(config: mlc.ConfigDict) -> list[Row]:
-    """Google ViT / AugReg `.npz` keys (spec §2.8); tensors are already in Flax layout."""
+    """Google ViT / AugReg `.npz` keys (the official `load_weights_from_npz` layout); the
+    tensors are already in Flax layout."""
     b = config.model.vit
     t = "Transformer/"
     rows = [Row(("backbone", "cls_token"), "cls", IDENTITY),

@@ -46,7 +46,8 @@ def pixel_accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 def segmentation_losses(outputs: dict, labels: jax.Array, cfg: mlc.ConfigDict,
                         num_classes: int, ignore_index: int) -> dict[str, jax.Array]:
-    """Loss terms of the Segmenter baseline or RankSeg head (official_spec.md §3.2, §3.4).
+    """Loss terms of the Segmenter baseline or RankSeg head (the `losses` of the official
+    `decode_heads/mask_transformer_head.py` and `mask_transformer_rankseg_head.py`).
 
     outputs: the model dict (`mask_logits` [B, k or K, h, w]; RankSeg adds `image_logits`
     [B, K] and `topk_index` [B, k]). labels: [B, H, W] int, the padded augmented crop.

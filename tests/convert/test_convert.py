@@ -3,8 +3,9 @@
 Sources are written in their real container formats with the real key layouts (tiny dims):
 official mmseg `.pth` (all variants, checked against the NumPy float64 reference), original
 Segmenter `{'model': ...}` and timm `.pth`/`.bin`/`.safetensors` (checked against small torch
-models written here), Google AugReg `.npz` (converted to torch by the spec §2.8 rules, written
-independently here). Export -> reload is exact and reproduces the official fixtures.
+models written here), Google AugReg `.npz` (converted to torch by the rules of the official
+`load_weights_from_npz`, written independently here). Export -> reload is exact and
+reproduces the official fixtures.
 """
 
 from __future__ import annotations
@@ -176,7 +177,7 @@ def randomize(module, seed):
 
 
 def torch_resize_pos(pos, grid):
-    """Official init-time pos-embed resize (spec §2.3) with torch's own bicubic."""
+    """Official init-time pos-embed resize (`VisionTransformer.resize_pos_embed`), torch bicubic."""
     g0 = int(round((pos.shape[1] - 1) ** 0.5))
     body = pos[:, 1:].reshape(1, g0, g0, -1).permute(0, 3, 1, 2)
     body = F.interpolate(body, size=(grid, grid), mode="bicubic", align_corners=False)
@@ -314,7 +315,8 @@ def test_timm_containers_backbone(timm_vit, tmp_path):
 
 
 def _npz_from_torch(vit, prefix="opt/target/"):
-    """Google AugReg layout from a timm-layout torch ViT (inverse of spec §2.8, written here)."""
+    """Google AugReg layout from a timm-layout torch ViT (the inverse of the official
+    `load_weights_from_npz`, written here)."""
     sd = {k: v.detach().numpy().astype(np.float32) for k, v in vit.state_dict().items()}
     d, h = D, HEADS
     dh = d // h

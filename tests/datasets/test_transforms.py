@@ -1,4 +1,4 @@
-"""Each augmentation op against its mmseg-0.17 definition (official_spec.md §8.1)."""
+"""Each augmentation op against its mmseg-0.17 definition (`datasets/pipelines/transforms.py`)."""
 
 import cv2
 import numpy as np

@@ -154,7 +154,7 @@ def reduce_zero_label(label, int16: bool = False):
     int16-style datasets (ignore -1): label - 1, then -2 -> -1.
 
     mmseg's ``intersect_and_union`` does this in place on a tensor sharing memory with the
-    caller's numpy array (official_spec.md §Bugs 4); we copy instead.
+    caller's numpy array (a side effect on the caller's array); we copy instead.
 
     Args:
         label: integer array (numpy or JAX), any shape.

@@ -1,7 +1,8 @@
 """Independent NumPy float64 reference of the official RankSeg / Segmenter model.
 
-Written only from ``docs/reference/official_spec.md`` (the "spec"; sections cited as §x.y) and the
-fixture README; it does **not** look at ``rankseg_jax``. Everything is float64 and operates
+Written only from a specification of the official code (file, class and function names are
+the official ones) and the fixtures' documentation; it does **not** look at ``rankseg_jax``.
+Everything is float64 and operates
 directly on an **official-format state dict**: ``dict[str, np.ndarray]`` keyed by the mmseg names
 (``backbone.layers.0.attn.attn.in_proj_weight``, ``decode_head.ml_fc.W`` ...). Images are NCHW,
 like the official code.
@@ -14,13 +15,17 @@ Public API (shapes: B batch, C encoder width, d head width, N classes, K top-k, 
   :func:`encode_decode`, :func:`whole_inference`, :func:`slide_inference`,
   :func:`sine_position_buffer`
 * losses: :func:`mmseg_cross_entropy`, :func:`asymmetric_loss`, :func:`bce_with_logits`,
-  :func:`segmenter_losses`, :func:`rankseg_losses` (+ the logged metrics of §4.4)
+  :func:`segmenter_losses`, :func:`rankseg_losses` (+ the logged metrics of `losses/accuracy.py`)
 * config: :class:`RefConfig`, :func:`fixture_config`, :func:`state_dict_from_pth`
 
-Modes: ``head='segmenter'`` (baseline, §3.2) or ``head='rankseg'`` (§3.3) with ``img_head`` one of
-``'tran_enc'`` (default RankSeg, §3.3), ``'tran_dec'`` (2×TranDec ablation, §3.5) or
-``'gap_linear'`` (global-pooling ablation, §3.6). ``oce=True`` enables the backbone
-class-embedding variant (§2.6). Dropout / drop-path are not modelled (identity in eval; 0 in the
+Modes: ``head='segmenter'`` (baseline, `MaskTransformerHead`) or ``head='rankseg'``
+(`MaskTransformerRankSegHead`) with ``img_head`` one of
+``'tran_enc'`` (default RankSeg, `MaskTransformerRankSegHead`), ``'tran_dec'`` (2×TranDec ablation,
+`RankSegDecoderHead`) or
+``'gap_linear'`` (global-pooling ablation, `RankSegGlobalPoolingHead`). ``oce=True`` enables the
+backbone
+class-embedding variant (the OCE variant `with_cls_emb`). Dropout / drop-path are not modelled
+(identity in eval; 0 in the
 fixtures).
 """
 
@@ -46,15 +51,19 @@ F64 = np.float64
 class RefConfig:
     """Model dimensions and switches (names follow the official config dicts).
 
-    Backbone (§2.1): ``embed_dim`` C, ``num_layers``, ``num_heads``, ``mlp_ratio``, ``patch_size``,
+    Backbone (`VisionTransformer` config): ``embed_dim`` C, ``num_layers``, ``num_heads``,
+    ``mlp_ratio``, ``patch_size``,
     ``in_channels``, ``pos_grid`` G (stored pos-embed is (1, 1+G², C); ``None`` = infer it from
-    the state dict), ``out_indices``, ``final_norm``, ``oce`` / ``oce_start_layer`` (§2.6;
+    the state dict), ``out_indices``, ``final_norm``, ``oce`` / ``oce_start_layer`` (the OCE
+    variant `with_cls_emb`;
     ``None`` = last layer).
-    Head (§3): ``head`` in {'segmenter','rankseg'}, ``n_cls`` N, ``d_model`` d, ``head_heads``,
+    Head (the decode heads): ``head`` in {'segmenter','rankseg'}, ``n_cls`` N, ``d_model`` d,
+    ``head_heads``,
     ``d_ff``, ``n_layers`` (number of head blocks), ``topk`` K, ``downsample`` (AdaptiveAvgPool2d
     output size; None = no pooling), ``img_head`` in {'tran_enc','tran_dec','gap_linear'} and
-    the TranDec sizes (§3.5; ``tran_dec_pe_size`` must equal ``downsample``).
-    Loss (§3.4/§4): ``img_loss_weight``, ``loss_img`` in {'asl','bce'}, ASL parameters,
+    the TranDec sizes (`RankSegDecoderHead`; ``tran_dec_pe_size`` must equal ``downsample``).
+    Loss (`MaskTransformerRankSegHead.losses`/mmseg `losses/`): ``img_loss_weight``, ``loss_img``
+    in {'asl','bce'}, ASL parameters,
     ``ignore_index``.
     """
 
@@ -123,7 +132,8 @@ def state_dict_from_pth(path) -> dict[str, np.ndarray]:
 # Elementary ops
 # --------------------------------------------------------------------------------------------------
 def gelu(x: np.ndarray) -> np.ndarray:
-    """Exact (erf) GELU, torch ``nn.GELU()`` default (§2.1, §3.1)."""
+    """Exact (erf) GELU, torch ``nn.GELU()`` default (`VisionTransformer` config, the head
+    `Block`)."""
     return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
 
 
@@ -135,7 +145,8 @@ def layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.nd
 
 
 def _ln(sd: dict, prefix: str, x: np.ndarray, eps: float = 1e-5) -> np.ndarray:
-    """LayerNorm with ``prefix + weight/bias`` from the state dict (head default eps 1e-5, §3)."""
+    """LayerNorm with ``prefix + weight/bias`` from the state dict (head default eps 1e-5, the
+    decode heads)."""
     return layer_norm(x, sd[prefix + "weight"], sd[prefix + "bias"], eps)
 
 
@@ -190,7 +201,7 @@ def torch_mha(sd, prefix, q_in, k_in, v_in, heads):
 
 
 # --------------------------------------------------------------------------------------------------
-# Resizing / pooling (§2.3, §5, §3.3 step 1)
+# Resizing / pooling (`resize_pos_embed`, `EncoderDecoder`, `MaskTransformerRankSegHead` step 1)
 # --------------------------------------------------------------------------------------------------
 def _cubic_w(s: np.ndarray, A: float = -0.75) -> np.ndarray:
     s = np.abs(s)
@@ -201,7 +212,7 @@ def _cubic_w(s: np.ndarray, A: float = -0.75) -> np.ndarray:
 
 def bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
     """(n_out, n_in) matrix of torch bicubic, align_corners=False, A=-0.75, clamped taps, no
-    antialias (§2.3)."""
+    antialias (`resize_pos_embed`)."""
     M = np.zeros((n_out, n_in), F64)
     scale = n_in / n_out
     for o in range(n_out):
@@ -259,14 +270,14 @@ def adaptive_pool_matrix(n_in: int, n_out: int) -> np.ndarray:
 def adaptive_avg_pool2d(x: np.ndarray, out) -> np.ndarray:
     """``nn.AdaptiveAvgPool2d(out)`` on x (..., H, W); ``out`` int or (oh, ow).
 
-    Bins [⌊i·n/o⌋, ⌈(i+1)·n/o⌉) may overlap (§3.3 step 1)."""
+    Bins [⌊i·n/o⌋, ⌈(i+1)·n/o⌉) may overlap (`MaskTransformerRankSegHead` step 1)."""
     oh, ow = (out, out) if np.isscalar(out) else out
     H, W = x.shape[-2:]
     return _apply_hw(x, adaptive_pool_matrix(H, oh), adaptive_pool_matrix(W, ow))
 
 
 def resize_pos_embed(pos_embed: np.ndarray, out_hw, grid_hw) -> np.ndarray:
-    """mmseg ``resize_pos_embed`` (§2.3): (1, 1+gh·gw, C) -> (1, 1+h·w, C).
+    """mmseg ``resize_pos_embed`` (`resize_pos_embed`): (1, 1+gh·gw, C) -> (1, 1+h·w, C).
 
     The cls entry is kept; the grid part is resized with :func:`torch_bicubic_resize`."""
     h, w = out_hw
@@ -279,7 +290,7 @@ def resize_pos_embed(pos_embed: np.ndarray, out_hw, grid_hw) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------------
-# Backbone (§2)
+# Backbone (mmseg `backbones/vit.py`)
 # --------------------------------------------------------------------------------------------------
 def _infer_pos_grid(sd, cfg):
     if cfg.pos_grid is not None:
@@ -291,18 +302,19 @@ def _infer_pos_grid(sd, cfg):
 
 
 def vit_forward(sd: dict, images: np.ndarray, cfg: RefConfig) -> dict:
-    """mmseg ``VisionTransformer`` forward (eval; §2.2–§2.6).
+    """mmseg ``VisionTransformer`` forward (eval).
 
     Args:
       sd: official state dict (``backbone.*`` keys used).
       images: (B, 3, H, W) normalized; zero-padded bottom/right to a multiple of
-        the patch size (§2.2).
+        the patch size (`PatchEmbed`).
     Returns a dict:
       ``feat``       (B, C, h, w): last layer after the final norm (neck output / head input);
       ``outs``       list over ``cfg.out_indices`` of (B, C, h, w); only the last layer is
-                     final-normed (§2.5);
+                     final-normed (the final norm);
       ``layers``     list over all layers of (B, C, h, w) (same normalization rule as ``outs``);
-      ``cls_tokens`` (B, N, C) OCE class tokens after the final norm (§2.6), or None;
+      ``cls_tokens`` (B, N, C) OCE class tokens after the final norm (the OCE variant
+      `with_cls_emb`), or None;
       ``pos_embed``  (1, 1+h·w, C) the positional table actually added;
       ``grid``       (h, w).
     """
@@ -310,7 +322,7 @@ def vit_forward(sd: dict, images: np.ndarray, cfg: RefConfig) -> dict:
     B, _, H, W = x.shape
     p = cfg.patch_size
     Hp, Wp = -(-H // p) * p, -(-W // p) * p
-    if (Hp, Wp) != (H, W):  # §2.2 pad_to_patch_size: zeros at bottom / right
+    if (Hp, Wp) != (H, W):  # `PatchEmbed` pad_to_patch_size: zeros at bottom / right
         x = np.pad(x, ((0, 0), (0, 0), (0, Hp - H), (0, Wp - W)))
     h, w = Hp // p, Wp // p
     # Conv2d k=s=p == matmul over non-overlapping patches; tokens row-major over (h, w)
@@ -319,7 +331,7 @@ def vit_forward(sd: dict, images: np.ndarray, cfg: RefConfig) -> dict:
     C = wconv.shape[0]
     tok = patches @ wconv.reshape(C, -1).T + sd["backbone.patch_embed.projection.bias"]
 
-    # §2.3: prepend cls token, add pos-embed; resize only if the token count differs
+    # `resize_pos_embed`: prepend cls token, add pos-embed; resize only if the token count differs
     cls = np.broadcast_to(sd["backbone.cls_token"], (B, 1, C))
     seq = np.concatenate([cls, tok], axis=1)
     pos = sd["backbone.pos_embed"]
@@ -336,19 +348,20 @@ def vit_forward(sd: dict, images: np.ndarray, cfg: RefConfig) -> dict:
     layers, cls_tokens = [], None
     for i in range(n_layers):
         if oce_start is not None and i == oce_start:
-            # §2.6: append the class tokens at the end of the sequence, without pos-embed
+            # the OCE variant `with_cls_emb`: append the class tokens at the end of the sequence,
+            # without pos-embed
             ce = np.broadcast_to(sd["backbone.cls_emb"], (B,) + sd["backbone.cls_emb"].shape[1:])
             n_oce = ce.shape[1]
             seq = np.concatenate([seq, ce], axis=1)
         pre = f"backbone.layers.{i}."
-        # §2.4 pre-norm: x = x + MHA(LN1 x); x = x + FFN(LN2 x), eps 1e-6
+        # the ViT encoder layer pre-norm: x = x + MHA(LN1 x); x = x + FFN(LN2 x), eps 1e-6
         y = layer_norm(seq, sd[pre + "ln1.weight"], sd[pre + "ln1.bias"], 1e-6)
         seq = seq + torch_mha(sd, pre + "attn.attn.", y, y, y, cfg.num_heads)
         y = layer_norm(seq, sd[pre + "ln2.weight"], sd[pre + "ln2.bias"], 1e-6)
         y = gelu(linear(y, sd[pre + "ffn.layers.0.0.weight"], sd[pre + "ffn.layers.0.0.bias"]))
         seq = seq + linear(y, sd[pre + "ffn.layers.1.weight"], sd[pre + "ffn.layers.1.bias"])
         out = seq
-        if i == n_layers - 1 and cfg.final_norm:  # §2.5 final norm on the last layer only
+        if i == n_layers - 1 and cfg.final_norm:  # the final norm final norm on the last layer only
             out = layer_norm(seq, sd["backbone.ln1.weight"], sd["backbone.ln1.bias"], 1e-6)
         body = out[:, 1:]
         if n_oce:
@@ -361,10 +374,11 @@ def vit_forward(sd: dict, images: np.ndarray, cfg: RefConfig) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------
-# Heads (§3)
+# Heads (the decode heads)
 # --------------------------------------------------------------------------------------------------
 def head_block(sd: dict, prefix: str, x: np.ndarray, heads: int) -> np.ndarray:
-    """Segmenter ``Block`` (§3.1), eval: pre-norm, LN eps 1e-5, fused qkv (q|k|v, head-major),
+    """Segmenter ``Block`` (the head `Block`), eval: pre-norm, LN eps 1e-5, fused qkv (q|k|v,
+    head-major),
     exact GELU. x (B, T, d) -> (B, T, d)."""
     y = layer_norm(x, sd[prefix + "norm1.weight"], sd[prefix + "norm1.bias"], 1e-5)
     W, b = sd[prefix + "attn.qkv.weight"], sd[prefix + "attn.qkv.bias"]
@@ -384,7 +398,8 @@ def _tokens(feat):
 
 
 def _cosine_masks(sd, S, n_patch, mask_norm_prefix="decode_head.mask_norm."):
-    """§3.2 steps 4–7 / §3.3 step 8: proj, L2 norm (no eps), cosine, LN over the class/rank axis.
+    """`MaskTransformerHead` steps 4–7 / `MaskTransformerRankSegHead` step 8: proj, L2 norm (no
+    eps), cosine, LN over the class/rank axis.
 
     S: (B, hw+M, d) after decoder_norm. Returns (B, hw, M)."""
     patches = S[:, :n_patch] @ sd["decode_head.proj_patch"]  # right-multiplied, not a Linear
@@ -396,14 +411,16 @@ def _cosine_masks(sd, S, n_patch, mask_norm_prefix="decode_head.mask_norm."):
 
 
 def _class_tokens(sd, B, cls_tokens):
-    if cls_tokens is not None:  # OCE (§2.6): backbone tokens, not through proj_dec
+    if cls_tokens is not None:  # OCE (the OCE variant `with_cls_emb`): backbone tokens, not
+                                # through proj_dec
         return np.asarray(cls_tokens, F64)
     ce = sd["decode_head.cls_emb"]
     return np.broadcast_to(ce, (B,) + ce.shape[1:])
 
 
 def segmenter_head(sd: dict, feat: np.ndarray, cfg: RefConfig, cls_tokens=None) -> np.ndarray:
-    """Baseline ``MaskTransformerHead`` (§3.2). feat (B, C, h, w) -> masks (B, N, h, w).
+    """Baseline ``MaskTransformerHead`` (`MaskTransformerHead`). feat (B, C, h, w) -> masks (B, N,
+    h, w).
 
     The masks are logits at 1/16 resolution.
 
@@ -421,7 +438,7 @@ def segmenter_head(sd: dict, feat: np.ndarray, cfg: RefConfig, cls_tokens=None) 
 
 def sine_position_buffer(d: int = 768, size: int = 16) -> np.ndarray:
     """Fixed ``img_cls_head.position_embedding.pe`` (1, d, size, size) of the TranDec ablation
-    (§3.5).
+    (`RankSegDecoderHead`).
 
     y/x embeds i+1, j+1 normalized by (size+1e-6)·2π; dim_t[k] = 10000^(2⌊k/2⌋/(d/2));
     channel 2m = sin, 2m+1 = cos; channels [0:d/2] from y, [d/2:d] from x."""
@@ -444,7 +461,8 @@ def sine_position_buffer(d: int = 768, size: int = 16) -> np.ndarray:
 
 
 def _tran_dec_img_pred(sd, xp, cfg):
-    """§3.5 ``RankSegDecoderHead`` (eval). xp (B, C, s, s) pooled map -> img_pred (B, N)."""
+    """`RankSegDecoderHead` ``RankSegDecoderHead`` (eval). xp (B, C, s, s) pooled map -> img_pred
+    (B, N)."""
     pre = "decode_head.img_cls_head."
     B = xp.shape[0]
     wi = sd[pre + "input_proj.weight"]  # (d, C, 1, 1)
@@ -454,7 +472,7 @@ def _tran_dec_img_pred(sd, xp, cfg):
     if pe is None:
         pe = sine_position_buffer(src.shape[-1], cfg.tran_dec_pe_size)
     pos = _tokens(np.asarray(pe, F64))  # (1, s², d); fixed grid, does not adapt to the input
-    assert pos.shape[1] == src.shape[1], "pooled grid must equal the 16×16 position buffer (§3.5)"
+    assert pos.shape[1] == src.shape[1], "pooled grid must equal the 16×16 position buffer"
     query_pos = _class_tokens(sd, B, None)
     tgt = np.zeros_like(query_pos)
     k_in = src + pos
@@ -472,7 +490,8 @@ def _tran_dec_img_pred(sd, xp, cfg):
 
 
 def _gap_img_pred(sd, xp):
-    """§3.6 global pooling head: AdaptiveAvgPool2d(1) -> 1×1 conv+ReLU -> 1×1 conv.
+    """`RankSegGlobalPoolingHead` global pooling head: AdaptiveAvgPool2d(1) -> 1×1 conv+ReLU -> 1×1
+    conv.
 
     xp (B, C, s, s) -> img_pred (B, N)."""
     pre = "decode_head.img_cls_head."
@@ -484,9 +503,11 @@ def _gap_img_pred(sd, xp):
 
 
 def rankseg_head(sd: dict, feat: np.ndarray, cfg: RefConfig, cls_tokens=None) -> dict:
-    """RankSeg head (§3.3 ``tran_enc``; §3.5 ``tran_dec``; §3.6 ``gap_linear``).
+    """RankSeg head (`MaskTransformerRankSegHead` ``tran_enc``; `RankSegDecoderHead` ``tran_dec``;
+    `RankSegGlobalPoolingHead` ``gap_linear``).
 
-    The top-K gather is per sample (the official B=1 semantics applied to each image, §3.3 step 6).
+    The top-K gather is per sample (the official B=1 semantics applied to each image,
+    `MaskTransformerRankSegHead` step 6).
     Args: feat (B, C, h, w) backbone final-norm output; cls_tokens (B, N, d) OCE tokens or None.
     Returns dict:
       ``img_pred``  (B, N) raw image logits;
@@ -499,7 +520,8 @@ def rankseg_head(sd: dict, feat: np.ndarray, cfg: RefConfig, cls_tokens=None) ->
     B, C, h, w = feat.shape
     K, s = cfg.topk, cfg.downsample
     Wd, bd = sd["decode_head.proj_dec.weight"], sd["decode_head.proj_dec.bias"]
-    # (B, C, s, s), bins may overlap; downsample=None (no config uses it, §3.3 end) = no pooling
+    # (B, C, s, s), bins may overlap; downsample=None (no config uses it,
+    # `MaskTransformerRankSegHead` end) = no pooling
     pooled_map = adaptive_avg_pool2d(feat, s) if s else None
     Px = linear(_tokens(feat), Wd, bd)  # pixel tokens: skip the ML branch (when pooled)
     out = dict(pixel_tokens=Px)
@@ -540,7 +562,7 @@ def rankseg_head(sd: dict, feat: np.ndarray, cfg: RefConfig, cls_tokens=None) ->
 
 
 # --------------------------------------------------------------------------------------------------
-# Segmentor / inference (§5)
+# Segmentor / inference (`EncoderDecoder`)
 # --------------------------------------------------------------------------------------------------
 def model_forward(sd: dict, images: np.ndarray, cfg: RefConfig) -> dict:
     """Backbone + head. Returns dict(backbone=<vit_forward dict>, head=<masks array or rankseg
@@ -559,19 +581,21 @@ def model_forward(sd: dict, images: np.ndarray, cfg: RefConfig) -> dict:
 
 
 def encode_decode(sd: dict, images: np.ndarray, cfg: RefConfig) -> np.ndarray:
-    """``EncoderDecoder.encode_decode`` (§5): eval head logits bilinearly resized to the input size.
+    """``EncoderDecoder.encode_decode`` (`EncoderDecoder`): eval head logits bilinearly resized to
+    the input size.
     images (B, 3, H, W) -> (B, N, H, W) (pre-softmax)."""
     logits = model_forward(sd, images, cfg)["logits"]
     return torch_bilinear_resize(logits, images.shape[2], images.shape[3])
 
 
 def whole_inference(sd: dict, images: np.ndarray, cfg: RefConfig) -> np.ndarray:
-    """Whole-image inference without rescale (§5): = encode_decode. (B, 3, H, W) -> (B, N, H, W)."""
+    """Whole-image inference without rescale (`EncoderDecoder`): = encode_decode. (B, 3, H, W) ->
+    (B, N, H, W)."""
     return encode_decode(sd, images, cfg)
 
 
 def slide_windows(H: int, W: int, crop, stride) -> list:
-    """mmseg window placement (§5): list of (y1, y2, x1, x2) in visiting order.
+    """mmseg window placement (`EncoderDecoder`): list of (y1, y2, x1, x2) in visiting order.
 
     Rows are the outer loop, columns the inner one."""
     hc, wc = crop
@@ -590,7 +614,7 @@ def slide_windows(H: int, W: int, crop, stride) -> list:
 
 def slide_inference(sd: dict, images: np.ndarray, cfg: RefConfig, crop=(48, 48), stride=(32, 32),
                     return_crops: bool = False):
-    """mmseg ``slide_inference(rescale=False)`` (§5). (B, 3, H, W) -> (B, N, H, W).
+    """mmseg ``slide_inference(rescale=False)`` (`EncoderDecoder`). (B, 3, H, W) -> (B, N, H, W).
 
     Each window runs encode_decode (RankSeg picks its top-K per window); the window logits
     (including the −100 fill) are summed and divided by the per-pixel window count.
@@ -614,11 +638,12 @@ def slide_inference(sd: dict, images: np.ndarray, cfg: RefConfig, crop=(48, 48),
 
 
 # --------------------------------------------------------------------------------------------------
-# Losses and metrics (§3.4, §4)
+# Losses and metrics (`MaskTransformerRankSegHead.losses`, mmseg `losses/`)
 # --------------------------------------------------------------------------------------------------
 def mmseg_cross_entropy(logits: np.ndarray, label: np.ndarray, ignore: int = 255,
                         average: str = "all_pixels") -> float:
-    """mmseg 0.17 softmax CE (§4.1). logits (B, C, H, W) (or (P, C)), label (B, H, W) (or (P,)) int.
+    """mmseg 0.17 softmax CE (`cross_entropy_loss.py`). logits (B, C, H, W) (or (P, C)), label (B,
+    H, W) (or (P,)) int.
 
     ``'all_pixels'`` (official): Σ_valid CE / (B·H·W); ``'valid_pixels'``: Σ_valid CE / #valid."""
     logits = np.asarray(logits, F64)
@@ -637,7 +662,8 @@ def mmseg_cross_entropy(logits: np.ndarray, label: np.ndarray, ignore: int = 255
 
 def asymmetric_loss(x: np.ndarray, y: np.ndarray, gamma_neg: float = 4.0, gamma_pos: float = 1.0,
                     clip: float | None = 0.05, eps: float = 1e-5) -> float:
-    """AsymmetricLoss (§4.2), x logits / y binary targets (B, N); returns −ΣL·w / B / N (mean)."""
+    """AsymmetricLoss (`AsymmetricLoss`), x logits / y binary targets (B, N); returns −ΣL·w / B / N
+    (mean)."""
     x, y = np.asarray(x, F64), np.asarray(y, F64)
     p = sigmoid(x)
     p_neg = 1.0 - p
@@ -651,7 +677,7 @@ def asymmetric_loss(x: np.ndarray, y: np.ndarray, gamma_neg: float = 4.0, gamma_
 
 
 def bce_with_logits(x: np.ndarray, y: np.ndarray) -> float:
-    """``nn.BCEWithLogitsLoss()`` mean over all entries (§4.3)."""
+    """``nn.BCEWithLogitsLoss()`` mean over all entries (`BCELoss`)."""
     x, y = np.asarray(x, F64), np.asarray(y, F64)
     return float((np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))).mean())
 
@@ -662,13 +688,15 @@ def _label_bhw(label):
 
 
 def accuracy(logits: np.ndarray, label: np.ndarray) -> float:
-    """mmseg ``accuracy`` (§4.4): 100·#(argmax==label)/numel; ignored pixels count as wrong."""
+    """mmseg ``accuracy`` (`losses/accuracy.py`): 100·#(argmax==label)/numel; ignored pixels count
+                                                      # as wrong."""
     pred = np.argmax(logits, axis=1)
     return float(100.0 * (pred == label).sum() / label.size)
 
 
 def image_target(label: np.ndarray, n_cls: int) -> tuple:
-    """§3.4 step 1: (hist (B, N) int64 exact per-class counts in [0, N−1], y = (hist>0) float64)."""
+    """`MaskTransformerRankSegHead.losses` step 1: (hist (B, N) int64 exact per-class counts in [0,
+    N−1], y = (hist>0) float64)."""
     label = _label_bhw(label)
     B = label.shape[0]
     hist = np.zeros((B, n_cls), np.int64)
@@ -680,7 +708,8 @@ def image_target(label: np.ndarray, n_cls: int) -> tuple:
 
 
 def topk_remap_label(label: np.ndarray, topk: np.ndarray, ignore: int = 255) -> np.ndarray:
-    """§3.4 step 4: label (B,H,W) -> rank positions r where topk[b,r]==label, else ``ignore``."""
+    """`MaskTransformerRankSegHead.losses` step 4: label (B,H,W) -> rank positions r where
+    topk[b,r]==label, else ``ignore``."""
     label = _label_bhw(label)
     out = np.full_like(label, ignore)
     for b in range(label.shape[0]):
@@ -696,25 +725,28 @@ def _agg(vals):
 
 
 def img_recall(hist, topk):
-    """§4.4: per image #(GT classes in topk)/#GT classes; mean over finite values (1 if none)."""
+    """`losses/accuracy.py`: per image #(GT classes in topk)/#GT classes; mean over finite values
+                                       # (1 if none)."""
     with np.errstate(invalid="ignore", divide="ignore"):
         return _agg([np.isin(np.nonzero(h)[0], t).sum() / (h > 0).sum()
                      for h, t in zip(hist, topk, strict=True)])
 
 
 def pixel_recall(hist, topk):
-    """§4.4: per image Σ_{c∈topk} hist[c] / Σ_c hist[c]; aggregated like img_recall."""
+    """`losses/accuracy.py`: per image Σ_{c∈topk} hist[c] / Σ_c hist[c]; aggregated like
+    img_recall."""
     with np.errstate(invalid="ignore", divide="ignore"):
         return _agg([h[t].sum() / h.sum() for h, t in zip(hist, topk, strict=True)])
 
 
 def img_accuracy(hist, topk):
-    """§4.4 precision@K: per image #(GT classes in topk)/K, then the mean."""
+    """`losses/accuracy.py` precision@K: per image #(GT classes in topk)/K, then the mean."""
     return float(np.mean([(h[t] > 0).sum() / len(t) for h, t in zip(hist, topk, strict=True)]))
 
 
 def segmenter_losses(masks: np.ndarray, label: np.ndarray, ignore: int = 255) -> dict:
-    """Baseline ``BaseDecodeHead.losses`` (§3.2): masks (B,N,h,w) bilinear-upsampled to label
+    """Baseline ``BaseDecodeHead.losses`` (`MaskTransformerHead`): masks (B,N,h,w)
+    bilinear-upsampled to label
     (B,H,W) size,
     CE averaged over all pixels. Returns dict(loss_seg, acc_seg)."""
     label = _label_bhw(label)
@@ -725,7 +757,7 @@ def segmenter_losses(masks: np.ndarray, label: np.ndarray, ignore: int = 255) ->
 def rankseg_losses(head_out: dict, label: np.ndarray, img_loss_weight: float = 10.0,
                    loss_img: str = "asl", gamma_neg: float = 2.0, gamma_pos: float = 0.0,
                    clip: float = 0.05, eps: float = 1e-5, ignore: int = 255) -> dict:
-    """``MaskTransformerRankSegHead.losses`` (§3.4), batch-correct.
+    """``MaskTransformerRankSegHead.losses`` (`MaskTransformerRankSegHead.losses`), batch-correct.
 
     head_out: dict from :func:`rankseg_head` (img_pred (B,N), topk (B,K), masks (B,K,h,w));
     label: (B, H, W) or (B, 1, H, W) int (255 = ignore).

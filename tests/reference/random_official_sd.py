@@ -1,20 +1,26 @@
 """Random state dicts with the exact official (mmseg) key names and shapes.
 
-Follows spec §6 and Appendices A/B. ``make_state_dict(cfg, rng, kind)`` mimics the fixture's random
+Follows the official state dicts (key order as `state_dict()` lists it). ``make_state_dict(cfg,
+rng, kind)`` mimics the fixture's random
 scheme (fixtures README, "Random weights"): weights N(0, 1/fan_in), biases N(0, 0.1²), LayerNorm
 weight 1+N(0, 0.25²) / bias N(0, 0.1²), ``cls_token``/``pos_embed`` N(0, 0.5²), ``cls_emb``
 N(0, 1), ``proj_patch``/``proj_classes``/GroupWiseLinear ``W`` N(0, 1/d). Values are float64
-numpy arrays; keys are in ``named_parameters()`` order where the spec lists it (Appendices A/B).
+numpy arrays; keys are in ``named_parameters()`` order (the official order).
 
 Kinds:
-  'baseline'      MaskTransformerHead (§3.2, §6.2): n_layers blocks, mask_norm (N)
-  'rankseg'       MaskTransformerRankSegHead (§3.3, §6.3): + decoder_norm2, ml_fc, mask_norm (K)
-  'rankseg_oce'   RankSeg with backbone class tokens (§2.6, §6.4): ``backbone.cls_emb`` and no
+  'baseline'      MaskTransformerHead (`MaskTransformerHead`, the baseline state dict): n_layers
+  blocks, mask_norm (N)
+  'rankseg'       MaskTransformerRankSegHead (`MaskTransformerRankSegHead`, the RankSeg state
+  dict): + decoder_norm2, ml_fc, mask_norm (K)
+  'rankseg_oce'   RankSeg with backbone class tokens (the OCE variant `with_cls_emb`, the variant
+  state dicts): ``backbone.cls_emb`` and no
                   ``decode_head.cls_emb``
-  'baseline_oce'  baseline with backbone class tokens (§6.4)
-  'tran_dec'      2×TranDec ablation (§3.5, §6.4): outer head without decoder_norm2/ml_fc, plus
+  'baseline_oce'  baseline with backbone class tokens (the variant state dicts)
+  'tran_dec'      2×TranDec ablation (`RankSegDecoderHead`, the variant state dicts): outer head
+  without decoder_norm2/ml_fc, plus
                   ``img_cls_head.*`` (incl. the fixed ``position_embedding.pe`` buffer)
-  'gap_linear'    global-pooling ablation (§3.6, §6.4): outer head + ``img_cls_head.{1.conv,2}.*``
+  'gap_linear'    global-pooling ablation (`RankSegGlobalPoolingHead`, the variant state dicts):
+  outer head + ``img_cls_head.{1.conv,2}.*``
 
 The matching forward config is ``config_for_kind(cfg, kind)`` (sets head / img_head / oce).
 """
@@ -71,10 +77,10 @@ def make_state_dict(cfg: RefConfig, rng: np.random.Generator, kind: str = "basel
         sd[prefix + "weight"] = 1.0 + rng.normal(0.0, 0.25, (n,))
         sd[prefix + "bias"] = rng.normal(0.0, 0.1, (n,))
 
-    # ---- backbone (§6.2) ----
+    # ---- backbone (the baseline state dict) ----
     sd["backbone.cls_token"] = rng.normal(0.0, 0.5, (1, 1, C))
     sd["backbone.pos_embed"] = rng.normal(0.0, 0.5, (1, 1 + G * G, C))
-    if oce:  # §6.4: listed right after pos_embed
+    if oce:  # the variant state dicts: listed right after pos_embed
         sd["backbone.cls_emb"] = rng.normal(0.0, 1.0, (1, N, C))
     w("backbone.patch_embed.projection.weight", (C, cin, p, p), cin * p * p)
     bias("backbone.patch_embed.projection.bias", C)
@@ -90,7 +96,7 @@ def make_state_dict(cfg: RefConfig, rng: np.random.Generator, kind: str = "basel
         lin(pre + "ffn.layers.1.", C, F)
     ln("backbone.ln1.", C)
 
-    # ---- decode head (§6.2–§6.4) ----
+    # ---- decode head (the official state dicts) ----
     h = "decode_head."
     if not oce:
         sd[h + "cls_emb"] = rng.normal(0.0, 1.0, (1, N, d))
@@ -113,7 +119,8 @@ def make_state_dict(cfg: RefConfig, rng: np.random.Generator, kind: str = "basel
         sd[h + "ml_fc.W"] = rng.normal(0.0, 1.0 / np.sqrt(d), (1, N, d))
         sd[h + "ml_fc.b"] = rng.normal(0.0, 0.1, (1, N))
     elif kind == "tran_dec":
-        # §3.5 / §6.4: hidden_dim must equal d, since query_pos = decode_head.cls_emb
+        # `RankSegDecoderHead` / the variant state dicts: hidden_dim must equal d, since query_pos
+        # = decode_head.cls_emb
         ic = h + "img_cls_head."
         ff = cfg.tran_dec_ff
         for i in range(cfg.tran_dec_layers):
@@ -131,7 +138,7 @@ def make_state_dict(cfg: RefConfig, rng: np.random.Generator, kind: str = "basel
         bias(ic + "input_proj.bias", d)
         sd[ic + "fc.W"] = rng.normal(0.0, 1.0 / np.sqrt(d), (1, N, d))
         sd[ic + "fc.b"] = rng.normal(0.0, 0.1, (1, N))
-    elif kind == "gap_linear":  # §3.6 / §6.4
+    elif kind == "gap_linear":  # `RankSegGlobalPoolingHead` / the variant state dicts
         ic = h + "img_cls_head."
         w(ic + "1.conv.weight", (C, C, 1, 1), C)
         bias(ic + "1.conv.bias", C)

@@ -65,7 +65,7 @@ def test_warmup_ratio_is_validated():
     validation.validate_optim(c)
 
 
-def test_rankseg_weight_decay_groups_official_spec_7_2():
+def test_rankseg_weight_decay_groups_official():
     c = tiny_config("rankseg")
     c.optim.weight_decay, c.optim.decay_mult = 1e-6, RANKSEG_KEYS
     names = official_names(c)

@@ -165,7 +165,7 @@ def test_keeps_latest_and_best_by_miou(tmp_path, monkeypatch):
 
 
 def _augreg_npz(path, rng, d=32, depth=1, heads=2, grid=3):
-    """A Google AugReg ViT checkpoint in its real key layout (spec §2.8), tiny dims."""
+    """A Google AugReg ViT checkpoint in its real key layout (official npz), tiny dims."""
     t, dh = "Transformer/", d // heads
     arr = {"embedding/kernel": (16, 16, 3, d), "embedding/bias": (d,), "cls": (1, 1, d),
            t + "posembed_input/pos_embedding": (1, 1 + grid * grid, d),

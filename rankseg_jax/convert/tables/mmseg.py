@@ -139,7 +139,8 @@ def config_grid(config: mlc.ConfigDict) -> tuple[int, int]:
 
 
 def official_buffers(config: mlc.ConfigDict) -> dict[str, np.ndarray]:
-    """Official constant buffers of the configured variant, recomputed (spec §6.4)."""
+    """Official constant buffers of the configured variant, recomputed (the `tran_dec`
+    head's sine `position_embedding.pe`)."""
     r = config.model.rankseg
     if r.enabled and r.ml_encoder == "tran_dec":
         from rankseg_jax.rankseg import encoders  # local: keeps table work light
@@ -181,7 +182,7 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], config: mlc.ConfigD
 
 
 def official_key_order(config: mlc.ConfigDict) -> list[str]:
-    """Official `state_dict()` key order of the configured variant (spec App. A/B, §6.4)."""
+    """The configured variant's key order, as `state_dict()` of the official models lists it."""
     keys = list(dict.fromkeys(r.key for r in mapping_table(config)))
     r = config.model.rankseg
     if r.enabled and r.ml_encoder == "tran_enc":

@@ -86,7 +86,7 @@ class ViT(nnx.Module):
                 k, s, dt, fan_in=3 * patch_size * patch_size),
             rngs=rngs)
         # mmcv 1.3.12 leaves cls_token/pos_embed/cls_emb at zeros (its init calls are no-ops,
-        # official_spec.md §2.7); pretrained weights normally overwrite them.
+        # official `VisionTransformer.init_weights`); pretrained weights overwrite them.
         self.cls_token = nnx.Param(jnp.zeros((1, 1, embed_dim)))
         self.pos_embed = nnx.Param(jnp.zeros((1, 1 + self.grid[0] * self.grid[1], embed_dim)))
         self.oce_classes = oce_classes
