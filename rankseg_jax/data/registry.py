@@ -3,7 +3,7 @@
 `DatasetInfo` holds every fact about a dataset that the sources, transforms and converters need,
 so no other module hard-codes a class count, an ignore value or a folder name.
 
-Label semantics (official_spec.md §8, segmentation_toolboxes.md §2, P8):
+Label semantics (mmseg-0.17 `LoadAnnotations` and the official dataset configs):
   * uint8 datasets with `reduce_zero_label` (ADE20K, COCO-Stuff-10k, PASCAL-Context-59): mmseg
     maps 0 -> 255, then label - 1, then 254 -> 255; training ids 0..K-1, ignore 255.
   * int16 datasets (ADE20K-Full TIFF, COCO+LVIS PNG): the raw uint16 file is read as int16, so

@@ -2,7 +2,7 @@
 
 Labels come out in training ids (0..K-1) with the dataset's ignore value (255 or -1), i.e.
 `reduce_zero_label` and the int16 reading of 16-bit files are applied here, once, exactly as
-mmseg 0.17 does (official_spec.md §8). Nothing downstream converts labels again.
+mmseg 0.17 `LoadAnnotations` does. Nothing downstream converts labels again.
 
 Images are decoded by `decode.decode_image`, the one decoder of the project (cv2 as mmcv does,
 EXIF orientation applied, truncated and corrupt files refused, trailing bytes accepted), and

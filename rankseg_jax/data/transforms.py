@@ -1,4 +1,4 @@
-"""mmseg-0.17-equivalent augmentation ops (official_spec.md §8.1/§8.2), numpy + cv2.
+"""mmseg-0.17-equivalent augmentation ops (`datasets/pipelines/transforms.py`), numpy + cv2.
 
 Each op is a pure function of (example, rng) -> example, where an example is the source dict
 {'image': uint8 [H,W,3] RGB, 'label': int32 [H,W], ...} and rng a `np.random.Generator`. The
@@ -7,7 +7,7 @@ streams themselves differ (mmseg uses numpy's global RandomState).
 
 Deviation, deliberate: RandomCrop's cat_max_ratio check excludes the dataset's ignore value. mmseg
 hard-codes 255 there, so for the -1-ignore datasets (ADE20K-Full, COCO+LVIS) it counts -1 as a
-class (spec pitfall 16); for 255-ignore datasets the two agree.
+class (`RandomCrop.__call__` compares with 255 only); for 255-ignore datasets the two agree.
 """
 
 from __future__ import annotations
