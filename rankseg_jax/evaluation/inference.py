@@ -1,6 +1,7 @@
 """Memory-light inference: whole/slide, multi-scale + flip, at the original resolution.
 
-The official pipeline (mmseg-0.17 `EncoderDecoder.inference` / `aug_test`) forms K-way logits at the test resolution
+The official pipeline (mmseg-0.17 `EncoderDecoder.inference` / `aug_test`) forms K-way
+logits at the test resolution
 (-100 outside each window's top-kappa), averages overlapping windows, resizes to the original
 size, softmaxes, un-flips, averages augmentations and takes the argmax. Done literally that is
 O(K·H·W) per image (5 GB of float32 for K=3688 at 512x683). Every step before the softmax is

@@ -1,6 +1,7 @@
 """Optimizer: optax SGD/AdamW, mmcv poly schedule, official parameter-wise weight decay.
 
-Official recipe (the `segmenter-ori_*` configs, mmcv 1.3 runner): torch SGD(lr 1e-3, momentum 0.9) with coupled L2
+Official recipe (the `segmenter-ori_*` configs, mmcv 1.3 runner): torch SGD(lr 1e-3,
+momentum 0.9) with coupled L2
 (g <- g + wd * theta before the momentum buffer), mmcv `poly` by iteration
 
     lr(it) = (base - min) * (1 - it / max_iters) ** power + min,   it = 0 .. max_iters - 1,
