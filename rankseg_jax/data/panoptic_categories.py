@@ -20,7 +20,8 @@ ADE20K_PANOPTIC_THING_IDS = (
     108, 110, 111, 112, 115, 116, 118, 119, 120, 121, 123, 124, 125, 126, 127, 129, 130, 132,
     133, 134, 135, 136, 137, 138, 139, 142, 143, 144, 146, 147, 148, 149)
 
-COCO_PANOPTIC_NAMES = (
+# The 80 COCO thing names (the first 80 of COCO-Stuff-164k's classes too).
+COCO_THING_NAMES = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
     "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat",
     "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack",
@@ -28,10 +29,14 @@ COCO_PANOPTIC_NAMES = (
     "kite", "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket",
     "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
     "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair",
-    "couch", "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote",
-    "keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book",
-    "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush", "banner", "blanket",
-    "bridge", "cardboard", "counter", "curtain", "door-stuff", "floor-wood", "flower", "fruit",
+    "couch", "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse",
+    "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator",
+    "book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush")
+
+# The 80 COCO things, then the 53 COCO panoptic stuff names.
+COCO_PANOPTIC_NAMES = COCO_THING_NAMES + (
+    "banner", "blanket", "bridge", "cardboard", "counter", "curtain", "door-stuff", "floor-wood",
+    "flower", "fruit",
     "gravel", "house", "light", "mirror-stuff", "net", "pillow", "platform", "playingfield",
     "railroad", "river", "road", "roof", "sand", "sea", "shelf", "snow", "stairs", "tent",
     "towel", "wall-brick", "wall-stone", "wall-tile", "wall-wood", "water-other",
