@@ -213,6 +213,13 @@ def base_config() -> mlc.ConfigDict:
     s.image_size = (512, 512)
     s.min_classes = 2
     s.max_classes = 8
+    # Difficulty knobs of the synthetic dataset (rankseg_jax/data/synthetic.py; the defaults
+    # give the original dataset; docs/synthetic_study.md chooses them for the study):
+    s.confusable = 2  # classes sharing one local look (colour + texture), in different scenes
+    s.in_scene = 0.85  # probability that a class of an image comes from its scene's pool
+    s.scene_cue = 30.0  # amplitude (grey levels) of the scene's tinted ramp: the global cue
+    s.tail = 0.8  # exponent of the long tail of class frequencies inside a scene
+    s.noise = 6.0  # std of the per-pixel noise (texture difficulty)
     s.num_scenes = 8
 
     # ------------------------------------------------------------------ train
