@@ -63,10 +63,7 @@ def make_source(config, split: str):
     info = dataset_info(config)
     d = config.data
     if d.format == "synthetic":
-        s = d.synthetic
-        return SyntheticSource(
-            info.num_classes, s.num_train if split == "train" else s.num_val, s.image_size,
-            s.min_classes, s.max_classes, s.num_scenes, seed=config.seed, split=split)
+        return SyntheticSource.from_config(config, split)
     if not d.root:
         raise ValueError(f"data.root is empty; data.format={d.format!r} needs a dataset root")
     if d.format == "folder":
