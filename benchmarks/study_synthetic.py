@@ -81,15 +81,17 @@ def in_grid(row: Row, grid: str) -> bool:
 
 
 def jobs(grid: str, seeds) -> list[tuple[Row, int, list[Row]]]:
-    """(trained row, seed, [rows whose results the job writes]) in run order: seed-major, so
-    a partial grid already has every row once."""
+    """(trained row, seed, [rows whose results the job writes]) in run order: K ascending,
+    then seed, then row, so the cheap K are complete (every seed) before the costly one
+    starts, and a budget-limited run leaves whole seeds behind."""
     out = []
-    for seed in seeds:
-        for row in ROWS:
-            if row.from_row or not in_grid(row, grid):
-                continue
-            derived = [r for r in ROWS if r.from_row == row.name and in_grid(r, grid)]
-            out.append((row, seed, [row, *derived]))
+    for k in sorted({r.k for r in ROWS}):
+        for seed in seeds:
+            for row in ROWS:
+                if row.k != k or row.from_row or not in_grid(row, grid):
+                    continue
+                derived = [r for r in ROWS if r.from_row == row.name and in_grid(r, grid)]
+                out.append((row, seed, [row, *derived]))
     return out
 
 
@@ -146,6 +148,9 @@ def run_one(row: Row, seed: int, outputs: list[Row], workroot: str) -> None:
     start = time.perf_counter()
     result = loop.train_and_evaluate(config, workdir)
     train_s = time.perf_counter() - start
+    if result["preempted"] or result["eval"] is None:
+        raise SystemExit(f"{row.name} seed {seed} stopped at step {result['step']} (its "
+                         f"checkpoint in {workdir} resumes it); re-run the study")
     todo = missing(outputs, seed)
     if row in todo:
         _write(row, seed, {**common, "row": row.name, "variant": row.variant(seed),

@@ -59,9 +59,10 @@ def test_jobs_and_resume(tmp_path, monkeypatch):
     assert study.missing(outputs, 0) == outputs
     (tmp_path / "k150_rankseg_seed0.json").write_text("{}")
     assert [o.name for o in study.missing(outputs, 0)] == ["k150_oracle_eval"]
-    # Seed-major order: every row once before any second seed.
-    two = study.jobs("quick", [0, 1])
-    assert {s for _, s, _ in two[: len(quick)]} == {0}
+    # K ascending, then seed: every seed of the cheap K before the costly K starts.
+    two = study.jobs("default", [0, 1])
+    ks = [(r.k, s) for r, s, _ in two]
+    assert ks == sorted(ks) and ks[-1] == (847, 1)
 
 
 def _result(row, seed, miou, **ml):
