@@ -15,14 +15,16 @@ from rankseg_jax import config as config_lib
 def test_every_row_validates_and_differs_only_in_the_head(row):
     c = study_synthetic.get_config(row.variant(1))
     config_lib.validate(c, check_files=False)
-    ref = study_synthetic.get_config(f"k={row.k},seed=1")
+    ref = study_synthetic.get_config(f"k={row.k},seed=1" + (
+        f",steps={study.LONG_STEPS}" if row.long else ""))
     # Same data, backbone, optimiser and schedule in every row of a K.
     for section in ("data", "optim", "train", "test"):
         assert c[section].to_dict() == ref[section].to_dict(), section
     assert c.model.vit.to_dict() == ref.model.vit.to_dict() and c.seed == 1
     assert c.data.synthetic.confusable == 4 and c.model.num_classes == row.k
     r = c.model.rankseg
-    kind = row.name.split("_", 1)[1]
+    kind = row.kind
+    assert c.train.steps == (study.LONG_STEPS if row.long else 600)
     assert r.enabled == (kind != "baseline")
     if kind == "baseline":
         assert c.model.head.n_layers == 2
@@ -61,8 +63,9 @@ def test_jobs_and_resume(tmp_path, monkeypatch):
     assert [o.name for o in study.missing(outputs, 0)] == ["k150_oracle_eval"]
     # K ascending, then seed: every seed of the cheap K before the costly K starts.
     two = study.jobs("default", [0, 1])
-    ks = [(r.k, s) for r, s, _ in two]
-    assert ks == sorted(ks) and ks[-1] == (847, 1)
+    order = [(r.phase, s) for r, s, _ in two]
+    assert order == sorted(order) and (two[-1][0].k, two[-1][1]) == (847, 1)
+    assert two[0][0].phase == 0 and not two[0][0].long
 
 
 def _result(row, seed, miou, **ml):
@@ -73,7 +76,7 @@ def _result(row, seed, miou, **ml):
 
 
 def test_report_aggregates_and_applies_the_decision_rule(tmp_path):
-    rows = [r for r in study.ROWS if r.k == 150]
+    rows = [r for r in study.ROWS if r.prefix == "k150"]
     values = {"k150_baseline": (0.10, 0.12, 0.11), "k150_rankseg": (0.20, 0.21, 0.23),
               "k150_oracle_eval": (0.10, 0.14, 0.09)}
     for name, per_seed in values.items():
@@ -87,11 +90,11 @@ def test_report_aggregates_and_applies_the_decision_rule(tmp_path):
                                     plot_path=str(tmp_path / "plot.png"))
     text = open(doc).read()
     # RankSeg - baseline: +10, +9, +12 -> mean 10.3, std 1.5, t = 11.8 > 4.30.
-    assert "| K=150: RankSeg > baseline (Table 1) | 10.3 ± 1.5 (3 seeds) | yes, beyond noise" \
-        in text
+    assert "| K=150 (600 steps): RankSeg > baseline (Table 1) | 10.3 ± 1.5 (3 seeds) | yes, " \
+        "beyond noise" in text
     # Oracle - RankSeg: -10, -7, -14: opposite sign, t = 5.0.
-    assert "oracle (GT at eval) > RankSeg (paper Fig. 3: +17 to +27) | -10.3 ± 3.5 (3 seeds) | " \
-        "**opposite**, beyond noise (t = 5.1)" in text
+    assert ("(600 steps): oracle (GT at eval) > RankSeg (paper Fig. 3: +17 to +27) | "
+            "-10.3 ± 3.5 (3 seeds) | **opposite**, beyond noise (t = 5.1)") in text
     assert "| Segmenter baseline | `baseline` | 50 | **11.0 ± 1.0** | – |" in text
     assert (tmp_path / "plot.png").stat().st_size > 1000
     assert "`k150_mt` (0)" in text  # rows without every seed are named
