@@ -201,7 +201,7 @@ def base_config() -> mlc.ConfigDict:
     d.cat_max_ratio = 0.75
     d.flip_prob = 0.5
     d.photometric = True
-    d.test_scale = (2048, 512)
+    d.test_scale = (2048, 512)  # Mask2Former: (MAX_SIZE_TEST, MIN_SIZE_TEST) of its test resize
     d.num_workers = 0  # grain worker processes (0 = in-process)
     d.prefetch = 2  # batches read ahead per process (and per worker)
     d.read_threads = 2  # threads per process (or worker) building batches ahead
@@ -265,7 +265,12 @@ def base_config() -> mlc.ConfigDict:
     e.class_chunk = 16  # 16 vs 64: 76 vs 182 MiB XLA temp at 512x683 (BENCHMARKS.md)
     # Original sizes are padded up to a multiple of this before the full-resolution combine, so
     # images of different sizes share compilations (the padding is cropped off; exact).
+    # Mask2Former: the same for its mask resize / semantic / panoptic post-processing.
     e.size_bucket = 32
+    # Mask2Former panoptic evaluation: also write the predictions in COCO panoptic format
+    # (`<workdir>/eval_<split>[_step<N>]_panoptic/` PNGs + `..._panoptic.json`), as
+    # detectron2's COCOPanopticEvaluator does before `pq_compute`.
+    e.save_panoptic = False
 
     # ------------------------------------------------------------------ sharding
     c.mesh = ms = mlc.ConfigDict()

@@ -166,6 +166,13 @@ def _validate_mask2former(config: mlc.ConfigDict) -> None:
     if not (mf.semantic_on or mf.panoptic_on):
         raise ConfigError("model.mask2former.semantic_on and panoptic_on are both False: "
                           "inference would produce nothing")
+    # Mask2Former's test-time inference is the official one: whole image, one scale, no flip.
+    t = config.test
+    if t.mode != "whole" or tuple(t.scales) != (1.0,) or t.flip:
+        raise ConfigError(f"test.mode={t.mode!r}, test.scales={tuple(t.scales)}, test.flip="
+                          f"{t.flip}: model.arch='mask2former' infers whole images at one "
+                          "scale without flip (set test.mode='whole', scales=(1.0,), "
+                          "flip=False)")
     if not r.enabled:
         return
     num_layers = mf.dec_layers - 1
