@@ -78,10 +78,12 @@ class Checkpointer:
 
     directory: the checkpoints folder (`<workdir>/checkpoints`). config: the run's config
     (train.ckpt_every, keep_checkpoints, keep_best, async_checkpointing), also compared with
-    the run's saved config.json when a checkpoint does not fit the model.
+    the run's saved config.json when a checkpoint does not fit the model. read_only: for
+    another run's folder (init.resume), to restore from only: nothing is cleaned up there.
     """
 
-    def __init__(self, directory: str | os.PathLike, config: mlc.ConfigDict):
+    def __init__(self, directory: str | os.PathLike, config: mlc.ConfigDict, *,
+                 read_only: bool = False):
         t = config.train
         self.config = config
         self.directory = pathlib.Path(directory).absolute()
@@ -97,7 +99,9 @@ class Checkpointer:
             save_decision_policy=cm.AnySavePolicy(policies),
             preservation_policy=cm.AnyPreservationPolicy(keep),
             enable_async_checkpointing=bool(t.async_checkpointing),
-            cleanup_tmp_directories=True)
+            # Another run's folder is only read (no save is ever called on it): leave its
+            # temporary folders alone, that run may still be writing them.
+            cleanup_tmp_directories=not read_only)
         self.manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=("state", "data"),
             item_handlers={"state": ocp.StandardCheckpointHandler(),

@@ -81,7 +81,7 @@ def initial_state(setup: ts.TrainSetup, ckpt: checkpointing.Checkpointer, data_i
             return ts.state_from_params(setup, params), f"params-only {resume}"
         if checkpointing.is_training_checkpoint(resume):
             other = checkpointing.Checkpointer(checkpointing.training_checkpoint_root(resume),
-                                               config)
+                                               config, read_only=True)
             try:  # another run's folder: broken steps are skipped, never renamed
                 state, step = other.restore_newest_intact(setup.abstract_state, data_iterator,
                                                           set_aside=False)
