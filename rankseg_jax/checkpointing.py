@@ -186,7 +186,7 @@ class Checkpointer:
             except IncompatibleCheckpoint:
                 raise
             except Exception as e:  # tensorstore, JSON, OS errors of a damaged checkpoint
-                reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"
+                reason = _reason(e)
                 failures.append(f"{self.directory / str(step)} ({reason})")
                 log.warning("checkpoint %s is unreadable (%s); trying the previous one",
                             self.directory / str(step), reason)
@@ -289,12 +289,23 @@ def load_params(directory: str | os.PathLike, target_abstract: Any = None,
     with the saved one in the IncompatibleCheckpoint message if the shapes do not fit.
     """
     d = pathlib.Path(directory).absolute()
-    if target_abstract is not None:
-        check_fits(d / PARAMS_ITEM, target_abstract, config)
-    with ocp.StandardCheckpointer() as ckptr:
-        if target_abstract is None:
-            return ckptr.restore(d / PARAMS_ITEM)
-        return ckptr.restore(d / PARAMS_ITEM, target_abstract)
+    try:
+        if target_abstract is not None:
+            check_fits(d / PARAMS_ITEM, target_abstract, config)
+        with ocp.StandardCheckpointer() as ckptr:
+            if target_abstract is None:
+                return ckptr.restore(d / PARAMS_ITEM)
+            return ckptr.restore(d / PARAMS_ITEM, target_abstract)
+    except IncompatibleCheckpoint:
+        raise
+    except Exception as e:  # a damaged checkpoint: tensorstore, JSON, OS errors
+        raise CheckpointError(f"params-only checkpoint {d} is unreadable ({_reason(e)})") from e
+
+
+def _reason(e: BaseException) -> str:
+    """One line about a reader error (tensorstore messages run to kilobytes)."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {(lines[0] if lines else '')[:300]}"
 
 
 def read_metadata(directory: str | os.PathLike) -> dict:
@@ -342,7 +353,7 @@ def restore_training_params(directory: str | os.PathLike, abstract_params: Any,
         except IncompatibleCheckpoint:
             raise
         except Exception as e:  # a damaged checkpoint: tensorstore, JSON, OS errors
-            reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"
+            reason = _reason(e)
             failures.append(f"{step_dir} ({reason})")
             log.warning("checkpoint %s is unreadable (%s)", step_dir, reason)
             continue

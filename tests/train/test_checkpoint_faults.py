@@ -83,9 +83,16 @@ def test_no_intact_checkpoint_names_every_broken_one(tmp_path):
                        match=rf"no intact checkpoint in {d}: {d / '2'} \(.*\); {d / '1'} \("):
         ck.restore_newest_intact(_abstract(), _iterator(), set_aside=False)
     ck.close()
-    # Inference readers (resolve_params) name the checkpoint too.
+    # Inference readers (resolve_params) name the checkpoint too, also a params-only one.
     with pytest.raises(checkpointing.CheckpointError, match=str(d / "2")):
         checkpointing.restore_training_params(d, _abstract()["params"])
+    checkpointing.save_params(tmp_path / "p", {"w": np.ones((4, 3), np.float32)})
+    for f in (tmp_path / "p" / "params").rglob("*"):
+        if f.is_file() and f.parent.name == "d":
+            f.write_bytes(f.read_bytes()[:10])
+    with pytest.raises(checkpointing.CheckpointError,
+                       match=f"params-only checkpoint {tmp_path / 'p'} is unreadable"):
+        checkpointing.load_params(tmp_path / "p", _abstract()["params"])
 
 
 def _setup(config):
