@@ -41,10 +41,14 @@ def test_second_trainer_refused_then_stale_lock_taken_over(tmp_path):
         while not lock.exists() and time.time() < deadline:
             time.sleep(0.5)
         assert json.loads(lock.read_text())["pid"] == busy.pid
-        second = _run(tmp_path, over)
+        # A second trainer, as a user starts it: one `error:` line naming the holder.
+        second = subprocess.run(
+            [sys.executable, str(ROOT / "main.py"), "--config=configs/demo.py:smoke",
+             f"--workdir={tmp_path}"], capture_output=True, text=True, timeout=300, env=ENV,
+            cwd=ROOT)
         assert second.returncode == 1, second.stderr[-3000:]
-        assert f"in use by another trainer: pid {busy.pid} on host" in second.stderr
-        assert "Traceback" not in second.stderr  # one `error:` line
+        assert f"error: {tmp_path} is in use by another trainer: pid {busy.pid}" in second.stderr
+        assert "Traceback" not in second.stderr
     finally:
         busy.send_signal(signal.SIGKILL)  # dies holding the lock
         busy.communicate()
