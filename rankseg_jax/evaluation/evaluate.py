@@ -22,7 +22,9 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from rankseg_jax.config.schema import ConfigError
 from rankseg_jax.data import pipeline as input_pipeline
+from rankseg_jax.data import transforms
 from rankseg_jax.data.sources import BadExampleError
 from rankseg_jax.evaluation import inference, metrics, reports
 from rankseg_jax.evaluation import multilabel as multilabel_metrics
@@ -52,6 +54,49 @@ class _RawSource:
                 raise
             logging.warning("skipping bad eval example: %s", e)
             return None
+
+
+def _first_line(e: BaseException, limit: int = 300) -> str:
+    # Some readers (TFDS's "dataset not found") put hundreds of lines into their message.
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {(lines[0] if lines else '')[:limit]}"
+
+
+def check_ready(config, split: str = "val") -> int:
+    """Checks that `evaluate` can run, before a trainer spends hours reaching its first
+    evaluation: opens `split`, decodes its first example (the first good one under
+    data.bad_example_policy='skip') and applies the test-time transform to it.
+
+    Returns the number of examples. Raises ConfigError naming the split, data.root and the
+    cause (a missing folder, an unreadable or empty split, a corrupt first file).
+    """
+    d = config.data
+    where = f"the {split!r} split of data.name={d.name!r}" + (
+        f" at data.root={d.root!r}" if d.root else "")
+    hint = ("; fix the dataset, or set train.eval_every=0 to train without evaluation")
+    try:
+        source = input_pipeline.make_source(config, split)
+        count = len(source)
+    except Exception as e:  # any reader error; its cause is chained
+        raise ConfigError(f"evaluation cannot open {where} ({_first_line(e)}){hint}") from e
+    if count == 0:
+        raise ConfigError(f"{where} has no examples{hint}")
+    errors = []
+    for index in range(count if d.bad_example_policy == "skip" else 1):
+        try:
+            example = source[index]
+        except BadExampleError as e:
+            errors.append(e)
+            continue
+        except Exception as e:
+            raise ConfigError(f"evaluation cannot read example {index} of {where} "
+                              f"({_first_line(e)}){hint}") from e
+        transforms.eval_transform(example, scale=tuple(d.test_scale), mean=tuple(d.mean),
+                                  std=tuple(d.std))
+        return count
+    raise ConfigError(f"evaluation cannot decode {where}: {errors[0]}"
+                      + (f" (and {len(errors) - 1} more bad examples)" if len(errors) > 1
+                         else "") + hint) from errors[0]
 
 
 def _examples(config, split: str, p: int, n: int):

@@ -116,7 +116,9 @@ def make_train_step(setup: TrainSetup) -> Callable:
     fold_in(base_key, step), so a step is a pure function of (state, batch) and resume is
     exact. With train.grad_accum = A the batch is split into A micro-batches of B/A (strided,
     so each device keeps its own rows) and gradients are averaged in a `lax.scan`.
-    A non-finite loss or gradient leaves the state unchanged and reports finite=0.
+    A non-finite loss, gradient or updated state (parameters, optimizer moments) leaves the
+    state unchanged, step counter included, and reports finite=0: the state only ever holds
+    finite values and `state['step']` counts the steps actually applied.
     The state argument is donated.
     """
     config, mesh = setup.config, setup.mesh
@@ -157,7 +159,10 @@ def make_train_step(setup: TrainSetup) -> Callable:
         updates, opt_state = setup.tx.update(grads, state["opt_state"], params)
         new_params = optax.apply_updates(params, updates)
         grad_norm = optim.tree_norm(grads)
-        finite = jnp.isfinite(aux["loss"]) & jnp.isfinite(grad_norm)
+        # The result is checked too: a finite gradient can still give a non-finite update
+        # (a NaN/Inf learning rate or multiplier, an overflowing moment).
+        finite = (jnp.isfinite(aux["loss"]) & jnp.isfinite(grad_norm)
+                  & _all_finite(new_params) & _all_finite(opt_state))
         new = {"step": state["step"] + 1, "params": new_params, "opt_state": opt_state}
         # Keep the last good state in memory if this step blew up (the loop then stops).
         new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
@@ -173,6 +178,13 @@ def make_train_step(setup: TrainSetup) -> Callable:
                                  repl),
                    out_shardings=(setup.state_shardings, repl),
                    donate_argnums=(0,))
+
+
+def _all_finite(tree) -> jax.Array:
+    """True iff every element of every floating-point leaf is finite (a bool scalar)."""
+    checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+              if jnp.issubdtype(x.dtype, jnp.floating)]
+    return jnp.all(jnp.stack(checks)) if checks else jnp.bool_(True)
 
 
 def finalize_metrics(raw: dict, steps: int = 1) -> dict:

@@ -34,7 +34,7 @@ def _data_state(workdir, step):
 def test_sigkill_then_resume_is_exact(tmp_path):
     over = {"train.steps": 4, "train.ckpt_every": 2, "model.head.dropout": 0.1}
     _run(tmp_path / "straight", over, "--dump", str(tmp_path / "straight.npz"))
-    killed = _run(tmp_path / "killed", over, "--kill-at-save", "3", check=False)
+    killed = _run(tmp_path / "killed", over, "--kill-at-save", "4", check=False)
     assert killed.returncode == -9, killed.stderr[-2000:]  # really SIGKILLed
     steps = sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir()
                    if p.name.isdigit())
@@ -52,7 +52,7 @@ def test_sigkill_then_resume_is_exact(tmp_path):
 def test_sigterm_saves_exits_cleanly_and_resumes_exactly(tmp_path):
     over = {"train.steps": 4, "train.ckpt_every": 100, "model.head.dropout": 0.1}
     _run(tmp_path / "straight", over, "--dump", str(tmp_path / "straight.npz"))
-    term = _run(tmp_path / "term", over, "--sigterm-at-save", "1")  # exit code 0
+    term = _run(tmp_path / "term", over, "--signal-at-step", "2")  # exit code 0
     assert '"preempted": true' in term.stdout
     steps = sorted(p.name for p in (tmp_path / "term" / "checkpoints").iterdir()
                    if p.name.isdigit())
