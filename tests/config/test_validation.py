@@ -77,7 +77,7 @@ def test_oracle_evaluation_needs_the_memory_light_path():
     ("--config.train.num_steps=5", r"--config.train.num_steps: there is no option "
                                    r"'train.num_steps'; did you mean train.steps\?"),
     ("--config.crop_size=64", r"did you mean test.crop_size or data.crop_size\?"),
-    ("--config.modl.vit.depth=2", r"did you mean model.vit.depth\?"),
+    ("--config.modl.vit.depth=2", r"did you mean model.vit.depth( or [a-z.]+)?\?"),
 ])
 def test_misspelled_override_names_the_full_option(arg, match):
     with pytest.raises(config_lib.ConfigError, match=match):
