@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import pathlib
+import re
 
 import ml_collections as mlc
 
@@ -195,6 +196,43 @@ def _validate_mask2former(config: mlc.ConfigDict) -> None:
         raise ConfigError(f"model.rankseg.ml_encoder={r.ml_encoder!r}: Mask2Former's "
                           "multi-label head is a transformer over [queries; class tokens] "
                           "(tran_enc); the other encoders read a pixel grid")
+    if config.loss.img_type != "asl":
+        raise ConfigError(f"loss.img_type={config.loss.img_type!r}: Mask2Former's RankSeg "
+                          "multi-label loss is the official AsymmetricLoss ('asl')")
+
+
+def validate_mask2former_training(config: mlc.ConfigDict) -> None:
+    """Mask2Former's criterion (`loss.mask2former`), training mappers (`data.min_size_train`,
+    `max_size_train`, `max_targets`, `cat_max_ratio`) and synthetic panoptic data."""
+    lm, d = config.loss.mask2former, config.data
+    for name in ("class_weight", "mask_weight", "dice_weight"):
+        _finite(lm[name], f"loss.mask2former.{name}", low=0.0)
+    _finite(lm.no_object_weight, "loss.mask2former.no_object_weight", low=0.0, low_open=True)
+    if lm.num_points < 1:
+        raise ConfigError(f"loss.mask2former.num_points={lm.num_points} must be >= 1")
+    _finite(lm.oversample_ratio, "loss.mask2former.oversample_ratio", low=1.0)
+    _finite(lm.importance_ratio, "loss.mask2former.importance_ratio", low=0.0, high=1.0)
+    num_queries = config.model.mask2former.num_queries
+    if not 1 <= d.max_targets <= num_queries:
+        raise ConfigError(f"data.max_targets={d.max_targets} must be in [1, "
+                          f"model.mask2former.num_queries={num_queries}]: every target needs "
+                          "its own query in the matching")
+    sizes = tuple(d.min_size_train)
+    if not sizes or any(int(v) < 1 for v in sizes):
+        raise ConfigError(f"data.min_size_train={sizes} must be non-empty positive sizes")
+    if d.max_size_train < 1:
+        raise ConfigError(f"data.max_size_train={d.max_size_train} must be >= 1")
+    _finite(d.cat_max_ratio, "data.cat_max_ratio", low=0.0, high=1.0, low_open=True)
+    _finite(d.flip_prob, "data.flip_prob", low=0.0, high=1.0)
+
+
+def _validate_synthetic_panoptic(config: mlc.ConfigDict) -> None:
+    s, k = config.data.synthetic, config.model.num_classes
+    if not 1 <= s.num_things < k:
+        raise ConfigError(f"data.synthetic.num_things={s.num_things} must be in [1, "
+                          f"model.num_classes={k}): the rest of the classes are stuff")
+    if s.max_instances < 1:
+        raise ConfigError(f"data.synthetic.max_instances={s.max_instances} must be >= 1")
 
 
 def validate_optim(config: mlc.ConfigDict) -> None:
@@ -210,6 +248,26 @@ def validate_optim(config: mlc.ConfigDict) -> None:
     for item in o.decay_mult:
         if len(item) != 2 or not isinstance(item[0], str):
             raise ConfigError(f"optim.decay_mult entry {item!r} is not a (substring, mult) pair")
+    _validate_param_groups(config)
+
+
+def _validate_param_groups(config: mlc.ConfigDict) -> None:
+    """The path-rule parameter groups (`optim.backbone_lr_mult`, `ml_head_lr_mult`,
+    `no_decay_paths`) and the clipping norm."""
+    o = config.optim
+    _finite(o.clip_grad_norm, "optim.clip_grad_norm", low=0.0)
+    for name in ("backbone_lr_mult", "ml_head_lr_mult"):
+        _finite(o[name], f"optim.{name}", low=0.0)
+    if o.ml_head_lr_mult != 1.0 and not (config.model.arch == "mask2former"
+                                         and config.model.rankseg.enabled):
+        raise ConfigError(f"optim.ml_head_lr_mult={o.ml_head_lr_mult} scales Mask2Former's "
+                          "RankSeg `ml_head.*` parameters, which this model does not have")
+    for pattern in o.no_decay_paths:
+        try:
+            re.compile(pattern)
+        except (re.error, TypeError) as e:
+            raise ConfigError(f"optim.no_decay_paths entry {pattern!r} is not a regular "
+                              f"expression: {e}") from e
 
 
 def validate_data(config: mlc.ConfigDict, *, check_files: bool = True) -> None:
@@ -219,10 +277,14 @@ def validate_data(config: mlc.ConfigDict, *, check_files: bool = True) -> None:
     d = config.data
     _choice(d.format, schema.DATA_FORMATS, "data.format")
     _choice(d.bad_example_policy, schema.BAD_EXAMPLE_POLICIES, "data.bad_example_policy")
+    if d.name == "synthetic_panoptic":
+        _validate_synthetic_panoptic(config)
     try:
         registry.dataset_info(config)
     except ValueError as e:
         raise ConfigError(str(e)) from e
+    if config.model.arch == "mask2former":
+        validate_mask2former_training(config)
     if check_files and d.format in ("folder", "array_record"):
         panoptic = config.model.arch == "mask2former" and config.model.mask2former.panoptic_on
         if panoptic and (not d.root or not pathlib.Path(d.root).exists()):

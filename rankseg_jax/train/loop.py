@@ -36,8 +36,8 @@ class TrainingDiverged(FloatingPointError):
     """Loss or gradients became NaN/Inf; the last good checkpoint is kept."""
 
 
-# The meta-architectures this loop can train (Mask2Former's matcher/criterion are not here yet).
-TRAINABLE_ARCHS = ("segmenter",)
+# The meta-architectures this loop can train (their losses: train/tasks.py).
+TRAINABLE_ARCHS = ("segmenter", "mask2former")
 
 
 def check_trainable(config: mlc.ConfigDict) -> None:
