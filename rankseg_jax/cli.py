@@ -80,10 +80,6 @@ def main(argv):
         if not FLAGS.workdir:
             raise app.UsageError("--workdir is required for training")
         from rankseg_jax.train import loop
-        try:
-            loop.check_trainable(config)  # before any data, model or compilation
-        except NotImplementedError as e:  # a one-line message, exit status 1
-            raise SystemExit(f"main.py: {e}") from None
         return loop.exit_status(loop.train_and_evaluate(config, FLAGS.workdir))
     import rankseg_jax
     from rankseg_jax import config as config_lib

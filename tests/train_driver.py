@@ -3,10 +3,12 @@
     python tests/train_driver.py WORKDIR '{"train.steps": 4, ...}' [--kill-at-save N]
         [--signal-at-step N --signal SIGTERM|SIGINT] [--block-at-save N]
         [--process-id i --num-processes n --coordinator host:port] [--dump params.npz]
+        [--arch mask2former]
 
-Builds `helpers.small_train_config()` with the JSON overrides, runs train_and_evaluate and
-(process 0) dumps the final params to an .npz keyed by '/'-joined path. Prints
-`RESULT {...}` and exits with `loop.exit_status` (130 after SIGINT).
+Builds `helpers.small_train_config()` (Segmenter) or `helpers.mask2former_train_config()`
+(`--arch mask2former`) with the JSON overrides, runs train_and_evaluate and (process 0) dumps
+the final params to an .npz keyed by '/'-joined path. Prints `RESULT {...}` and exits with
+`loop.exit_status` (130 after SIGINT).
   --kill-at-save N: SIGKILL itself when about to save step N (earlier saves committed).
   --signal-at-step N: sends itself --signal while step N runs (before its batch is placed).
   --block-at-save N: sleeps forever when about to save step N (a trainer that is busy).
@@ -36,6 +38,7 @@ def main():
     ap.add_argument("--num-processes", type=int, default=1)
     ap.add_argument("--coordinator", default="")
     ap.add_argument("--dump", default="")
+    ap.add_argument("--arch", default="segmenter", choices=("segmenter", "mask2former"))
     args = ap.parse_args()
 
     import jax
@@ -43,13 +46,14 @@ def main():
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     import numpy as np
-    from helpers import small_train_config
+    from helpers import mask2former_train_config, small_train_config
 
     from rankseg_jax import checkpointing
     from rankseg_jax.data import pipeline as input_pipeline
     from rankseg_jax.train import loop as train
 
-    config = small_train_config(**json.loads(args.overrides))
+    make = mask2former_train_config if args.arch == "mask2former" else small_train_config
+    config = make(**json.loads(args.overrides))
     if args.kill_at_save:
         orig = checkpointing.Checkpointer.save
 

@@ -36,6 +36,12 @@ FLOAT_RANGES = (
     ("loss.asl_gamma_pos", 0.0, _INF, False, False),
     ("loss.asl_clip", 0.0, 1.0, False, True),
     ("loss.asl_eps", 0.0, 1.0, True, True),
+    ("loss.mask2former.class_weight", 0.0, _INF, False, False),
+    ("loss.mask2former.mask_weight", 0.0, _INF, False, False),
+    ("loss.mask2former.dice_weight", 0.0, _INF, False, False),
+    ("loss.mask2former.no_object_weight", 0.0, _INF, True, False),
+    ("loss.mask2former.oversample_ratio", 1.0, _INF, False, False),
+    ("loss.mask2former.importance_ratio", 0.0, 1.0, False, False),
     ("data.cat_max_ratio", 0.0, 1.0, True, False),
     ("data.flip_prob", 0.0, 1.0, False, False),
     ("optim.lr", 0.0, _INF, True, False),
@@ -48,6 +54,8 @@ FLOAT_RANGES = (
     ("optim.b1", 0.0, 1.0, False, True),
     ("optim.b2", 0.0, 1.0, False, True),
     ("optim.eps", 0.0, _INF, True, False),
+    ("optim.backbone_lr_mult", 0.0, _INF, False, False),
+    ("optim.ml_head_lr_mult", 0.0, _INF, False, False),
 )
 # Integer options that must be >= the given minimum.
 INT_MINIMUMS = (
@@ -66,7 +74,9 @@ INT_MINIMUMS = (
     ("model.mask2former.size_divisibility", 1), ("data.num_workers", 0), ("data.prefetch", 0),
     ("data.read_threads", 0), ("data.synthetic.num_train", 1), ("data.synthetic.num_val", 1),
     ("data.synthetic.num_scenes", 1), ("data.synthetic.min_classes", 1),
-    ("test.max_images", 0), ("train.keep_checkpoints", 1), ("train.check_finite_every", 0),
+    ("data.synthetic.max_instances", 1),
+    ("test.max_images", 0), ("loss.mask2former.num_points", 1), ("data.max_size_train", 1),
+    ("train.keep_checkpoints", 1), ("train.check_finite_every", 0),
     ("mesh.fsdp_min_size", 0),
 )
 

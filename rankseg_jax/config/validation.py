@@ -8,6 +8,7 @@ validated config and does not re-check it.
 from __future__ import annotations
 
 import pathlib
+import re
 
 import ml_collections as mlc
 
@@ -191,6 +192,31 @@ def _validate_mask2former(config: mlc.ConfigDict) -> None:
         raise ConfigError(f"model.rankseg.ml_encoder={r.ml_encoder!r}: Mask2Former's "
                           "multi-label head is a transformer over [queries; class tokens] "
                           "(tran_enc); the other encoders read a pixel grid")
+    if config.loss.img_type != "asl":
+        raise ConfigError(f"loss.img_type={config.loss.img_type!r}: Mask2Former's RankSeg "
+                          "multi-label loss is the official AsymmetricLoss ('asl')")
+
+
+def validate_mask2former_training(config: mlc.ConfigDict) -> None:
+    """Mask2Former's criterion (`loss.mask2former`), training mappers (`data.min_size_train`,
+    `max_size_train`, `max_targets`, `cat_max_ratio`) and synthetic panoptic data."""
+    # The ranges of the criterion's weights and ratios are in `numbers.FLOAT_RANGES`.
+    d = config.data
+    num_queries = config.model.mask2former.num_queries
+    if not 1 <= d.max_targets <= num_queries:
+        raise ConfigError(f"data.max_targets={d.max_targets} must be in [1, "
+                          f"model.mask2former.num_queries={num_queries}]: every target needs "
+                          "its own query in the matching")
+    sizes = tuple(d.min_size_train)
+    if not sizes or any(int(v) < 1 for v in sizes):
+        raise ConfigError(f"data.min_size_train={sizes} must be non-empty positive sizes")
+
+
+def _validate_synthetic_panoptic(config: mlc.ConfigDict) -> None:
+    s, k = config.data.synthetic, config.model.num_classes
+    if not 1 <= s.num_things < k:
+        raise ConfigError(f"data.synthetic.num_things={s.num_things} must be in [1, "
+                          f"model.num_classes={k}): the rest of the classes are stuff")
 
 
 def validate_optim(config: mlc.ConfigDict) -> None:
@@ -200,6 +226,26 @@ def validate_optim(config: mlc.ConfigDict) -> None:
     choice(o.schedule, schema.SCHEDULES, "optim.schedule")
     if o.warmup_steps < 0 or o.warmup_steps >= max(config.train.steps, 1) and o.warmup_steps:
         raise ConfigError(f"optim.warmup_steps={o.warmup_steps} must be in [0, train.steps)")
+    for item in o.decay_mult:
+        if len(item) != 2 or not isinstance(item[0], str):
+            raise ConfigError(f"optim.decay_mult entry {item!r} is not a (substring, mult) pair")
+    _validate_param_groups(config)
+
+
+def _validate_param_groups(config: mlc.ConfigDict) -> None:
+    """The path-rule parameter groups (`optim.ml_head_lr_mult`, `no_decay_paths`); the
+    ranges of the multipliers and the clipping norm are in `numbers.FLOAT_RANGES`."""
+    o = config.optim
+    if o.ml_head_lr_mult != 1.0 and not (config.model.arch == "mask2former"
+                                         and config.model.rankseg.enabled):
+        raise ConfigError(f"optim.ml_head_lr_mult={o.ml_head_lr_mult} scales Mask2Former's "
+                          "RankSeg `ml_head.*` parameters, which this model does not have")
+    for pattern in o.no_decay_paths:
+        try:
+            re.compile(pattern)
+        except (re.error, TypeError) as e:
+            raise ConfigError(f"optim.no_decay_paths entry {pattern!r} is not a regular "
+                              f"expression: {e}") from e
 
 
 def validate_data(config: mlc.ConfigDict, *, check_files: bool = True) -> None:
@@ -209,18 +255,15 @@ def validate_data(config: mlc.ConfigDict, *, check_files: bool = True) -> None:
     d = config.data
     choice(d.format, schema.DATA_FORMATS, "data.format")
     choice(d.bad_example_policy, schema.BAD_EXAMPLE_POLICIES, "data.bad_example_policy")
+    if d.name == "synthetic_panoptic":
+        _validate_synthetic_panoptic(config)
     try:
         registry.dataset_info(config)
     except ValueError as e:
         raise ConfigError(str(e)) from e
+    if config.model.arch == "mask2former":
+        validate_mask2former_training(config)
     if check_files and d.format in ("folder", "array_record"):
-        panoptic = config.model.arch == "mask2former" and config.model.mask2former.panoptic_on
-        if panoptic and (not d.root or not pathlib.Path(d.root).exists()):
-            raise ConfigError(
-                f"data.root={d.root!r} does not exist: model.mask2former.panoptic_on needs "
-                "ADE20K panoptic annotations (segment PNGs + segments JSON), and their "
-                "preparation is not implemented yet. Use the `:smoke` variant (synthetic "
-                "data) or set model.mask2former.panoptic_on=False for semantic data.")
         if not d.root or not pathlib.Path(d.root).exists():
             raise ConfigError(
                 f"data.root={d.root!r} does not exist. Prepare the dataset first, e.g.\n"

@@ -50,19 +50,6 @@ class TrainingDiverged(FloatingPointError):
     kept (the message names it)."""
 
 
-# The meta-architectures this loop can train (Mask2Former's matcher/criterion are not here yet).
-TRAINABLE_ARCHS = ("segmenter",)
-
-
-def check_trainable(config: mlc.ConfigDict) -> None:
-    """Raises NotImplementedError, before anything is built, for an arch with no training."""
-    if config.model.arch not in TRAINABLE_ARCHS:
-        raise NotImplementedError(
-            f"training model.arch={config.model.arch!r} is not implemented yet (its Hungarian "
-            "matcher and set criterion are the next step); its models run inference with "
-            "official weights (`python -m rankseg_jax.convert`, `rankseg_jax.load_model`)")
-
-
 # --------------------------------------------------------------------------- initial weights
 
 
@@ -224,10 +211,8 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str | os.PathLike) -> di
     under data.bad_example_policy='skip'}.
     Raises TrainingDiverged on a non-finite step (after in-flight saves finish),
     WorkdirLocked if another trainer uses `workdir`, ConfigError if evaluation cannot run,
-    checkpointing.CheckpointError / IncompatibleCheckpoint if no checkpoint can be resumed,
-    NotImplementedError for an arch without training (`check_trainable`).
+    checkpointing.CheckpointError / IncompatibleCheckpoint if no checkpoint can be resumed.
     """
-    check_trainable(config)
     config_lib.validate(config)
     workdir = pathlib.Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
