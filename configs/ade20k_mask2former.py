@@ -11,9 +11,12 @@ Official configs (RankSeg repo, `mask2former/configs/ade20k/semantic-segmentatio
     configs/ade20k_mask2former.py:swin_b       Swin-B backbone (IN-22k 384, window 12)
     configs/ade20k_mask2former.py:rankseg,smoke  the same code, tiny, on synthetic data
 
-Training Mask2Former is not implemented yet (matcher and criterion). Backbone initialisation
-from the ImageNet-22k Swin release: `--config.init.pretrained=swin_large_patch4_window12_384_22k
-.pth` (or the `.pkl` of Mask2Former's `tools/convert-pretrained-swin-model-to-d2.py`).
+Training (`python main.py --config=configs/ade20k_mask2former.py:rankseg --workdir=...`) follows
+the official recipe (docs/training.md, "Mask2Former"): the detectron2 semantic mapper, Hungarian
+matching and point-sampled losses, AdamW with the official parameter groups. Backbone
+initialisation from the ImageNet-22k Swin release: `--config.init.pretrained=
+swin_large_patch4_window12_384_22k.pth` (or the `.pkl` of Mask2Former's
+`tools/convert-pretrained-swin-model-to-d2.py`).
 """
 
 from rankseg_jax.config import base_config, variants

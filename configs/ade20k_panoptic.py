@@ -5,8 +5,10 @@ Official configs (RankSeg repo, `mask2former/configs/ade20k/panoptic-segmentatio
 inference (PQ and mIoU of the same model); no instance inference (`INSTANCE_ON: False` in
 the fork). Variants as `configs/ade20k_mask2former.py` (`rankseg`, `gt`, `swin_b`, `smoke`).
 
-Data: the ADE20K panoptic annotations are not prepared by `data/prepare.py` yet, so only
-`:smoke` (synthetic data) runs; without data the config validates with a message saying so.
+Data: `data/ade20k_panoptic`, the COCO-panoptic files of Mask2Former's
+`datasets/prepare_ade20k_pan_seg.py` prepared with `python -m data.prepare
+--dataset=ade20k_panoptic`; training uses the official panoptic mapper (one target per non-crowd
+segment). `:smoke` trains on `synthetic_panoptic` (100 things + 50 stuff, no download).
 """
 
 from rankseg_jax.config import base_config, variants

@@ -34,7 +34,8 @@ def get_config(arg=None):
     d.synthetic.num_scenes = 8
     # Adam-style optimiser: the official SGD at lr 1e-3 needs a pretrained backbone.
     o = c.optim
-    o.name, o.lr, o.weight_decay, o.warmup_steps, o.min_lr = "adamw", 1e-3, 1e-4, 20, 1e-5
+    o.name, o.lr, o.weight_decay, o.min_lr = "adamw", 1e-3, 1e-4, 1e-5
+    o.warmup_steps = min(20, args.steps // 10)  # shorter runs (:steps=10) warm up less
     t = c.train
     t.steps, t.batch_size = args.steps, 8
     t.log_every, t.eval_every, t.ckpt_every = 50, args.steps, 500

@@ -5,7 +5,15 @@ Training checkpoints live in `<workdir>/checkpoints/<step>/` with two items:
   * 'data':  the grain iterator position of every process (`grain.checkpoint`).
 Saves are asynchronous and atomic (orbax writes a tmp dir and renames it on commit), so a
 kill at any moment leaves the previous checkpoint intact. The last `train.keep_checkpoints`
-are kept, plus (train.keep_best) the one with the best val mIoU.
+are kept, plus (train.keep_best) the one with the best val mIoU: scores are recorded after a
+checkpoint is saved (`record_score`, the trainer saves before it evaluates) in
+`<checkpoints>/scores.json`, so the best one stays protected across restarts.
+
+Restoring takes the newest intact checkpoint: an unreadable one (truncated file, empty
+data-iterator JSON, ...) is reported with a warning naming it, set aside as
+`<step>.broken-<time>` (nothing is deleted) and the next older one is tried. A checkpoint whose
+parameter shapes do not fit the model raises `IncompatibleCheckpoint`, which names the
+parameters, both shapes and the options of the run's saved config.json that differ.
 
 Params-only format (shared with the converters): `<dir>/params` (orbax StandardCheckpointer
 of the pure nested param dict) and `<dir>/metadata.json` (free-form, e.g. the config and
@@ -14,9 +22,12 @@ the source of the weights).
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import os
 import pathlib
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -28,34 +39,65 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from orbax.checkpoint import checkpoint_managers as cm
 
+from rankseg_jax.checkpoint_fit import (  # noqa: F401  (part of this module's interface)
+    CheckpointError,
+    IncompatibleCheckpoint,
+    check_fits,
+)
+
+log = logging.getLogger(__name__)
+
 CHECKPOINT_SUBDIR = "checkpoints"
 PARAMS_ITEM = "params"
 METADATA_FILE = "metadata.json"
+SCORES_FILE = "scores.json"
 
 
 def checkpoint_dir(workdir: str | os.PathLike) -> pathlib.Path:
     return pathlib.Path(workdir).absolute() / CHECKPOINT_SUBDIR
 
 
-class Checkpointer:
-    """Train-state + data-iterator checkpoints of one run directory."""
+@dataclasses.dataclass
+class _KeepStep:
+    """orbax preservation policy: keeps the checkpoint whose step `step_fn()` returns."""
 
-    def __init__(self, directory: str | os.PathLike, config: mlc.ConfigDict):
+    step_fn: Callable[[], int | None]
+
+    def should_preserve(self, checkpoints, *, context=None) -> list[bool]:
+        del context
+        keep = self.step_fn()
+        return [info.step == keep for info in checkpoints]
+
+
+class Checkpointer:
+    """Train-state + data-iterator checkpoints of one run directory.
+
+    directory: the checkpoints folder (`<workdir>/checkpoints`). config: the run's config
+    (train.ckpt_every, keep_checkpoints, keep_best, async_checkpointing), also compared with
+    the run's saved config.json when a checkpoint does not fit the model. read_only: for
+    another run's folder (init.resume), to restore from only: nothing is cleaned up there.
+    """
+
+    def __init__(self, directory: str | os.PathLike, config: mlc.ConfigDict, *,
+                 read_only: bool = False):
         t = config.train
+        self.config = config
+        self.directory = pathlib.Path(directory).absolute()
+        self.scores = self._read_scores()  # {step: val mIoU} of saved checkpoints
         policies = [cm.FixedIntervalPolicy(max(int(t.ckpt_every), 1))]
         if jax.process_count() > 1:
             # Orbax learns about preemption from the jax.distributed coordination service.
             policies.append(cm.PreemptionCheckpointingPolicy())
         keep = [cm.LatestN(n=max(int(t.keep_checkpoints), 1))]
         if t.keep_best:
-            keep.append(cm.BestN(get_metric_fn=lambda m: m["mIoU"], n=1,
-                                 keep_checkpoints_without_metrics=False))
+            keep.append(_KeepStep(self.best_step))
         options = ocp.CheckpointManagerOptions(
             save_decision_policy=cm.AnySavePolicy(policies),
             preservation_policy=cm.AnyPreservationPolicy(keep),
             enable_async_checkpointing=bool(t.async_checkpointing),
-            cleanup_tmp_directories=True)
-        self.directory = pathlib.Path(directory).absolute()
+            # Another run's folder is only read (no save is ever called on it): leave its
+            # temporary folders alone, that run may still be writing them.
+            cleanup_tmp_directories=not read_only)
         self.manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=("state", "data"),
             item_handlers={"state": ocp.StandardCheckpointHandler(),
@@ -67,32 +109,110 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
 
-    def save(self, step: int, state: Any, data_iterator=None, *, metrics: dict | None = None,
-             force: bool = False) -> bool:
-        """Saves (asynchronously) if the policy or `force` says so; returns whether it did.
+    def should_save(self, step: int) -> bool:
+        """Whether the save policy (interval, multi-host preemption) wants step `step`."""
+        return self.manager.should_save(step)
 
-        metrics: {'mIoU': float, ...} attached for the keep-best policy.
-        """
+    def save(self, step: int, state: Any, data_iterator=None, *, force: bool = False) -> bool:
+        """Saves (asynchronously) if the policy or `force` says so; returns whether it did."""
         items = {"state": ocp.args.StandardSave(state)}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-        return self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics,
-                                 force=force)
+        return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+    # ------------------------------------------------------------------ keep-best scores
+
+    def _read_scores(self) -> dict[int, float]:
+        path = self.directory / SCORES_FILE
+        try:
+            return {int(k): float(v) for k, v in json.loads(path.read_text()).items()}
+        except FileNotFoundError:
+            return {}
+        except (ValueError, AttributeError) as e:
+            log.warning("%s is unreadable (%s); the best checkpoint is chosen afresh", path, e)
+            return {}
+
+    def record_score(self, step: int, value: float) -> None:
+        """Records the val mIoU of saved checkpoint `step` (keep-best); process 0 writes
+        `scores.json` atomically."""
+        self.scores[int(step)] = float(value)
+        if jax.process_index() == 0:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            tmp = self.directory / (SCORES_FILE + ".tmp")
+            tmp.write_text(json.dumps({str(k): v for k, v in sorted(self.scores.items())}))
+            os.replace(tmp, self.directory / SCORES_FILE)
+
+    def best_step(self) -> int | None:
+        """The step with the highest recorded score (the earliest on ties), or None."""
+        if not self.scores:
+            return None
+        return max(sorted(self.scores), key=lambda k: self.scores[k])
+
+    # ------------------------------------------------------------------ restore
 
     def restore(self, abstract_state: Any, data_iterator=None, step: int | None = None):
         """Restores the train state onto the shardings carried by `abstract_state`.
 
+        step: None = the newest intact checkpoint (`restore_newest_intact`).
         data_iterator: if given, its position is restored in place from the same step.
         Returns the state pytree.
         """
-        step = self.latest_step() if step is None else step
         if step is None:
-            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+            return self.restore_newest_intact(abstract_state, data_iterator)[0]
+        return self._restore_step(step, abstract_state, data_iterator)
+
+    def _restore_step(self, step: int, abstract_state: Any, data_iterator=None):
+        step_dir = self.directory / str(step)
+        check_fits(step_dir / "state", abstract_state["params"], self.config, subtree="params")
         items = {"state": ocp.args.StandardRestore(abstract_state)}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         out = self.manager.restore(step, args=ocp.args.Composite(**items))
         return out["state"]
+
+    def restore_newest_intact(self, abstract_state: Any, data_iterator=None, *,
+                              set_aside: bool = True) -> tuple[Any, int]:
+        """(state, step) of the newest checkpoint that restores.
+
+        An unreadable checkpoint is reported with a warning naming it and (set_aside) renamed
+        `<step>.broken-<time>` so later saves can reuse its number; then the next older one is
+        tried. Raises CheckpointError naming every broken checkpoint if none restores, and
+        IncompatibleCheckpoint (at once) if the parameters do not fit the model.
+        """
+        failures = []
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                state = self._restore_step(step, abstract_state, data_iterator)
+            except IncompatibleCheckpoint:
+                raise
+            except Exception as e:  # tensorstore, JSON, OS errors of a damaged checkpoint
+                reason = _reason(e)
+                failures.append(f"{self.directory / str(step)} ({reason})")
+                log.warning("checkpoint %s is unreadable (%s); trying the previous one",
+                            self.directory / str(step), reason)
+                if set_aside:
+                    self._set_aside(step)
+                continue
+            if failures:
+                log.warning("resumed from checkpoint %s instead of the newest one",
+                            self.directory / str(step))
+            return state, step
+        if not failures:
+            raise CheckpointError(f"no checkpoint in {self.directory}")
+        raise CheckpointError("no intact checkpoint in " + str(self.directory) + ": "
+                              + "; ".join(failures))
+
+    def _set_aside(self, step: int) -> None:
+        """Renames a broken step folder out of orbax's view (kept for inspection)."""
+        if jax.process_index() == 0:
+            src = self.directory / str(step)
+            dst = self.directory / f"{step}.broken-{time.strftime('%Y%m%d-%H%M%S')}"
+            src.rename(dst)
+            log.warning("set aside the broken checkpoint as %s", dst)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices(f"set aside checkpoint {step}")
+        self.manager.reload()
 
     def reached_preemption(self, step: int) -> bool:
         return self.manager.reached_preemption(step)
@@ -101,6 +221,7 @@ class Checkpointer:
         self.manager.wait_until_finished()
 
     def close(self) -> None:
+        """Waits for pending saves and stops orbax's background threads."""
         self.manager.close()
 
 
@@ -159,17 +280,32 @@ def save_params(directory: str | os.PathLike, params: Any, metadata: dict | None
         os.replace(tmp, d / METADATA_FILE)
 
 
-def load_params(directory: str | os.PathLike, target_abstract: Any = None) -> Any:
+def load_params(directory: str | os.PathLike, target_abstract: Any = None,
+                config: mlc.ConfigDict | None = None) -> Any:
     """Restores params saved by `save_params`.
 
     target_abstract: pytree of jax.ShapeDtypeStruct (with .sharding) to restore onto; None
-    restores as saved (single-process convenience).
+    restores as saved (single-process convenience). config: the model's config, compared
+    with the saved one in the IncompatibleCheckpoint message if the shapes do not fit.
     """
     d = pathlib.Path(directory).absolute()
-    with ocp.StandardCheckpointer() as ckptr:
-        if target_abstract is None:
-            return ckptr.restore(d / PARAMS_ITEM)
-        return ckptr.restore(d / PARAMS_ITEM, target_abstract)
+    try:
+        if target_abstract is not None:
+            check_fits(d / PARAMS_ITEM, target_abstract, config)
+        with ocp.StandardCheckpointer() as ckptr:
+            if target_abstract is None:
+                return ckptr.restore(d / PARAMS_ITEM)
+            return ckptr.restore(d / PARAMS_ITEM, target_abstract)
+    except IncompatibleCheckpoint:
+        raise
+    except Exception as e:  # a damaged checkpoint: tensorstore, JSON, OS errors
+        raise CheckpointError(f"params-only checkpoint {d} is unreadable ({_reason(e)})") from e
+
+
+def _reason(e: BaseException) -> str:
+    """One line about a reader error (tensorstore messages run to kilobytes)."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {(lines[0] if lines else '')[:300]}"
 
 
 def read_metadata(directory: str | os.PathLike) -> dict:
@@ -181,29 +317,48 @@ def read_metadata(directory: str | os.PathLike) -> dict:
 # --------------------------------------------------------------------------- weight sources
 
 
-def _latest_step_dir(root: pathlib.Path) -> pathlib.Path:
-    steps = sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
+def _step_dirs(root: pathlib.Path) -> list[pathlib.Path]:
+    """Step folders of a checkpoints dir, newest first; raises if there is none."""
+    steps = sorted((int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit()),
+                   reverse=True)
     if not steps:
         raise FileNotFoundError(f"no checkpoint step folder in {root}")
-    return root / str(steps[-1])
+    return [root / str(s) for s in steps]
 
 
 def restore_training_params(directory: str | os.PathLike, abstract_params: Any,
-                            step: int | None = None) -> Any:
+                            step: int | None = None,
+                            config: mlc.ConfigDict | None = None) -> tuple[Any, int]:
     """The params of a training checkpoint (run dir or its checkpoints/ dir), nothing else.
 
     abstract_params: pytree of jax.ShapeDtypeStruct carrying .sharding. Only `params` is read
     (orbax partial restore), so no optimizer is needed to load weights for inference.
-    step: None = the latest step.
+    step: None = the newest intact step (an unreadable newer one is skipped with a warning
+    naming it; nothing is renamed). config: the model's config (for mismatch messages).
+    Returns (params, step). Raises IncompatibleCheckpoint if the shapes do not fit and
+    CheckpointError naming the checkpoint(s) if none can be read.
     """
     root = training_checkpoint_root(directory).absolute()
-    step_dir = _latest_step_dir(root) if step is None else root / str(int(step))
+    candidates = _step_dirs(root) if step is None else [root / str(int(step))]
     target = {"params": abstract_params}
-    with ocp.PyTreeCheckpointer() as ckptr:
-        out = ckptr.restore(step_dir / "state", args=ocp.args.PyTreeRestore(
-            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-            partial_restore=True))
-    return out["params"]
+    failures = []
+    for step_dir in candidates:
+        try:
+            check_fits(step_dir / "state", abstract_params, config, subtree="params")
+            with ocp.PyTreeCheckpointer() as ckptr:
+                out = ckptr.restore(step_dir / "state", args=ocp.args.PyTreeRestore(
+                    item=target,
+                    restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                    partial_restore=True))
+        except IncompatibleCheckpoint:
+            raise
+        except Exception as e:  # a damaged checkpoint: tensorstore, JSON, OS errors
+            reason = _reason(e)
+            failures.append(f"{step_dir} ({reason})")
+            log.warning("checkpoint %s is unreadable (%s)", step_dir, reason)
+            continue
+        return out["params"], int(step_dir.name)
+    raise CheckpointError("no readable checkpoint: " + "; ".join(failures))
 
 
 def place_params(params: Any, abstract_params: Any) -> Any:
@@ -235,11 +390,10 @@ def resolve_params(source: str | os.PathLike, config: mlc.ConfigDict, abstract_p
     """
     p = pathlib.Path(source)
     if is_params_dir(p):
-        return load_params(p, abstract_params), f"params-only {p}"
+        return load_params(p, abstract_params, config), f"params-only {p}"
     if is_training_checkpoint(p):
         root = training_checkpoint_root(p)
-        step = _latest_step_dir(root).name
-        params = restore_training_params(p, abstract_params)
+        params, step = restore_training_params(p, abstract_params, config=config)
         return params, f"training checkpoint {root} step {step}"
     if not p.is_file():
         raise FileNotFoundError(f"no weights at {str(source)!r}: expected a params-only "

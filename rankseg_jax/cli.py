@@ -11,12 +11,18 @@ directory: its saved config.json is used.
 Override any option with --config.train.steps=100 etc. Multi-process: pass
 --coordinator_address/--num_processes/--process_id (or --distributed for auto-detection on
 managed clusters); each process then reads its own slice of the data.
+
+Exit status: 0 when done, or stopped cleanly by SIGTERM (a preemption notice: the checkpoint
+is saved, run the same command to resume); 130 after Ctrl-C (saved the same way); 2 for a
+configuration or usage error, 1 for another refused start (workdir in use, no usable
+checkpoint), printed as one `error:` line.
 """
 
 from __future__ import annotations
 
 import logging
 import pathlib
+import sys
 
 import jax
 from absl import app, flags
@@ -74,12 +80,7 @@ def main(argv):
         if not FLAGS.workdir:
             raise app.UsageError("--workdir is required for training")
         from rankseg_jax.train import loop
-        try:
-            loop.check_trainable(config)  # before any data, model or compilation
-        except NotImplementedError as e:  # a one-line message, exit status 1
-            raise SystemExit(f"main.py: {e}") from None
-        loop.train_and_evaluate(config, FLAGS.workdir)
-        return
+        return loop.exit_status(loop.train_and_evaluate(config, FLAGS.workdir))
     import rankseg_jax
     from rankseg_jax import config as config_lib
     if FLAGS.mode == "predict":  # checked before the model is loaded
@@ -115,9 +116,24 @@ def main(argv):
         print(f"wrote {FLAGS.output} (input [B, {hw[0]}, {hw[1]}, 3] float32, normalised)")
 
 
+def _errors() -> dict:
+    """Refusals printed as one line (no traceback) -> exit status."""
+    from rankseg_jax.checkpointing import CheckpointError
+    from rankseg_jax.config import ConfigError
+    from rankseg_jax.train.workdir_lock import WorkdirLocked
+    return {ConfigError: 2, WorkdirLocked: 1, CheckpointError: 1}
+
+
 def run() -> None:
     """Console-script entry point (`rankseg-jax`)."""
-    app.run(main)
+    errors = _errors()
+    try:
+        from rankseg_jax.config import validation
+        validation.check_override_names(sys.argv[1:])
+        app.run(main)
+    except tuple(errors) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(next(code for kind, code in errors.items() if isinstance(e, kind)))
 
 if __name__ == "__main__":
     run()

@@ -1,5 +1,7 @@
 """Run with 8 fake CPU devices: a data=4 x fsdp=2 step equals a one-device step.
 
+    python tests/sharded_step_check.py [segmenter|mask2former]
+
 Prints 'OK <max abs param diff> <loss diff>' on success; used by test_sharding.py.
 """
 
@@ -12,7 +14,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from helpers import small_train_config  # noqa: E402
+from helpers import mask2former_train_config, small_train_config  # noqa: E402
 
 from rankseg_jax import sharding  # noqa: E402
 from rankseg_jax.data import pipeline as input_pipeline
@@ -37,10 +39,17 @@ def run(config, devices):
 
 def main():
     assert jax.device_count() == 8, jax.devices()
-    over = {"train.batch_size": 8, "mesh.fsdp_min_size": 1024, "model.head.dropout": 0.1,
-            "model.vit.drop_path_rate": 0.1}
-    single = small_train_config(**over, **{"mesh.data": 1})
-    multi = small_train_config(**over, **{"mesh.data": 4, "mesh.fsdp": 2})
+    arch = sys.argv[1] if len(sys.argv) > 1 else "segmenter"
+    if arch == "mask2former":  # dropout, drop-path and point draws all from the step key
+        over = {"train.batch_size": 8, "mesh.fsdp_min_size": 1024,
+                "model.mask2former.dropout": 0.1, "model.swin.drop_path_rate": 0.1}
+        make = mask2former_train_config
+    else:
+        over = {"train.batch_size": 8, "mesh.fsdp_min_size": 1024, "model.head.dropout": 0.1,
+                "model.vit.drop_path_rate": 0.1}
+        make = small_train_config
+    single = make(**over, **{"mesh.data": 1})
+    multi = make(**over, **{"mesh.data": 4, "mesh.fsdp": 2})
     p1, l1, _ = run(single, jax.devices()[:1])
     p8, l8, specs = run(multi, jax.devices())
     assert any("fsdp" in s for s in specs), specs  # something really is sharded

@@ -185,6 +185,17 @@ def base_config() -> mlc.ConfigDict:
     lo.asl_gamma_pos = 0.0
     lo.asl_clip = 0.05
     lo.asl_eps = 1e-5
+    # Mask2Former's set criterion (model.arch = "mask2former"; `maskformer_model.py:126-155`).
+    # The RankSeg multi-label loss reuses img_weight and asl_* above (official: 10 x ASL(2, 0,
+    # clip 0.05)). The matcher uses the same class / mask / dice weights as the losses.
+    lo.mask2former = lm = mlc.ConfigDict()
+    lm.class_weight = 2.0  # CLASS_WEIGHT (cross-entropy; matcher cost -prob)
+    lm.mask_weight = 5.0  # MASK_WEIGHT (point-sampled sigmoid BCE)
+    lm.dice_weight = 5.0  # DICE_WEIGHT
+    lm.no_object_weight = 0.1  # NO_OBJECT_WEIGHT (cross-entropy weight of the no-object class)
+    lm.num_points = 12544  # TRAIN_NUM_POINTS (matcher points and importance-sampled loss points)
+    lm.oversample_ratio = 3.0  # OVERSAMPLE_RATIO (candidates = num_points * ratio)
+    lm.importance_ratio = 0.75  # IMPORTANCE_SAMPLE_RATIO (share of the most uncertain points)
 
     # ------------------------------------------------------------------ data
     c.data = d = mlc.ConfigDict()
@@ -201,12 +212,22 @@ def base_config() -> mlc.ConfigDict:
     d.cat_max_ratio = 0.75
     d.flip_prob = 0.5
     d.photometric = True
-    d.test_scale = (2048, 512)
+    d.test_scale = (2048, 512)  # Mask2Former: (MAX_SIZE_TEST, MIN_SIZE_TEST) of its test resize
     d.num_workers = 0  # grain worker processes (0 = in-process)
     d.prefetch = 2  # batches read ahead per process (and per worker)
     d.read_threads = 2  # threads per process (or worker) building batches ahead
     d.bad_example_policy = "fail"  # "fail" | "skip" (skip: replaced, counted, logged)
     d.class_names_file = ""  # optional names file (one per line), e.g. for ade20k_full
+    # Mask2Former training mappers (model.arch = "mask2former"; detectron2 semantics, not the
+    # mmseg `train_scale`/`ratio_range` above): ResizeShortestEdge with the short side drawn
+    # from min_size_train and the long side capped at max_size_train, then a `crop_size` crop
+    # (`cat_max_ratio` = SINGLE_CATEGORY_MAX_AREA; 1.0 = plain random crop), ColorAugSSD when
+    # `photometric`, flip (`flip_prob`), and padding to exactly `crop_size` (image 128, label
+    # ignore, panoptic VOID). At most max_targets (class, mask) targets per image (<= the
+    # number of queries); an image with more is a bad example (`bad_example_policy`).
+    d.min_size_train = tuple(range(320, 1281, 64))  # MIN_SIZE_TRAIN, "choice" sampling
+    d.max_size_train = 2560  # MAX_SIZE_TRAIN
+    d.max_targets = 100
     d.synthetic = s = mlc.ConfigDict()
     s.num_train = 2048
     s.num_val = 64
@@ -221,6 +242,11 @@ def base_config() -> mlc.ConfigDict:
     s.tail = 0.8  # exponent of the long tail of class frequencies inside a scene
     s.noise = 6.0  # std of the per-pixel noise (texture difficulty)
     s.num_scenes = 8
+    # `synthetic_panoptic` (things with several instances on stuff): the first num_things of
+    # the model.num_classes classes are things, the rest stuff; at most max_instances thing
+    # instances per image (plus up to 3 stuff segments and an optional crowd).
+    s.num_things = 20
+    s.max_instances = 8
 
     # ------------------------------------------------------------------ train
     c.train = t = mlc.ConfigDict()
@@ -252,10 +278,21 @@ def base_config() -> mlc.ConfigDict:
     # default is 0.1; mmseg's transformer configs that do (Swin, SegFormer: linear, 1500
     # iterations) use 1e-6.
     o.warmup_ratio = 1e-6
-    o.clip_grad_norm = 0.0  # 0 disables
+    # Global-norm clipping of the whole gradient, torch `clip_grad_norm_` (coefficient
+    # min(1, max / (norm + 1e-6))); 0 disables.
+    o.clip_grad_norm = 0.0
     o.b1 = 0.9
     o.b2 = 0.999
     o.eps = 1e-8  # AdamW epsilon
+    # Parameter groups on OUR parameter paths ('.'-joined, e.g. "backbone.norm0.scale"),
+    # used by Mask2Former (the Segmenter configs keep `decay_mult` on official mmseg names;
+    # these apply on top of it and default to no-ops). Learning-rate multipliers: paths under
+    # `backbone.` (BACKBONE_MULTIPLIER) and under `ml_head.` (RankSeg's multi-label head,
+    # SOLVER.MLHEAD_MULTIPLIER; `ml_norm` is not part of it). no_decay_paths: regexes
+    # (re.search) of parameters that get weight decay 0 (norms, embeddings).
+    o.backbone_lr_mult = 1.0
+    o.ml_head_lr_mult = 1.0
+    o.no_decay_paths = ()
 
     # ------------------------------------------------------------------ evaluation
     c.test = e = mlc.ConfigDict()
@@ -272,7 +309,12 @@ def base_config() -> mlc.ConfigDict:
     e.class_chunk = 16  # 16 vs 64: 76 vs 182 MiB XLA temp at 512x683 (BENCHMARKS.md)
     # Original sizes are padded up to a multiple of this before the full-resolution combine, so
     # images of different sizes share compilations (the padding is cropped off; exact).
+    # Mask2Former: the same for its mask resize / semantic / panoptic post-processing.
     e.size_bucket = 32
+    # Mask2Former panoptic evaluation: also write the predictions in COCO panoptic format
+    # (`<workdir>/eval_<split>[_step<N>]_panoptic/` PNGs + `..._panoptic.json`), as
+    # detectron2's COCOPanopticEvaluator does before `pq_compute`.
+    e.save_panoptic = False
 
     # ------------------------------------------------------------------ sharding
     c.mesh = ms = mlc.ConfigDict()

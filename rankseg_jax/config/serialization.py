@@ -61,6 +61,26 @@ def save(config: mlc.ConfigDict, directory: str | os.PathLike) -> pathlib.Path:
     return d / CONFIG_FILE
 
 
+def _flat(values: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def differences(a: mlc.ConfigDict, b: mlc.ConfigDict) -> list[tuple[str, object, object]]:
+    """[(option name, value in a, value in b)] of every option whose values differ, by name.
+
+    Values are compared in their JSON form (a tuple equals the list it is saved as).
+    """
+    fa, fb = (_flat(json.loads(to_json(c))) for c in (a, b))
+    return [(k, fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb))
+            if fa.get(k) != fb.get(k)]
+
+
 def find_run_config(source: str | os.PathLike) -> pathlib.Path | None:
     """The config.json of a run dir, its checkpoints/ dir or a step dir, if any."""
     p = pathlib.Path(source).absolute()

@@ -7,36 +7,16 @@ validated config and does not re-check it.
 
 from __future__ import annotations
 
-import math
 import pathlib
+import re
 
 import ml_collections as mlc
 
 from rankseg_jax.config import schema
+from rankseg_jax.config.checks import choice, finite, positive_pair
+from rankseg_jax.config.numbers import FLOAT_RANGES, INT_MINIMUMS, validate_numbers  # noqa: F401
+from rankseg_jax.config.overrides import check_override_names, option_names  # noqa: F401
 from rankseg_jax.config.schema import ConfigError
-
-
-def _choice(value, choices, name: str) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name}={value!r} is not one of {choices}")
-
-
-def _positive_pair(value, name: str) -> None:
-    if len(tuple(value)) != 2 or any(int(v) < 1 for v in value):
-        raise ConfigError(f"{name}={tuple(value)} must be two positive sizes (height, width)")
-
-
-def _finite(value, name: str, *, low: float | None = None, high: float | None = None,
-            low_open: bool = False) -> None:
-    """value must be a finite number in [low, high] (or (low, high] with low_open)."""
-    if not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{name}={value!r} must be a finite number")
-    if low is not None and (value < low or (low_open and value == low)):
-        bracket = "(" if low_open else "["
-        raise ConfigError(f"{name}={value} must be in {bracket}{low}, "
-                          f"{'inf' if high is None else high}]")
-    if high is not None and value > high:
-        raise ConfigError(f"{name}={value} must be <= {high}")
 
 
 def validate_model(config: mlc.ConfigDict) -> None:
@@ -46,17 +26,17 @@ def validate_model(config: mlc.ConfigDict) -> None:
     use) are not checked: they are ignored.
     """
     m, r = config.model, config.model.rankseg
-    _choice(m.arch, schema.ARCHS, "model.arch")
-    _choice(m.backbone, schema.BACKBONES, "model.backbone")
+    choice(m.arch, schema.ARCHS, "model.arch")
+    choice(m.backbone, schema.BACKBONES, "model.backbone")
     if m.backbone not in schema.ARCH_BACKBONES[m.arch]:
         raise ConfigError(f"model.backbone={m.backbone!r} cannot feed model.arch={m.arch!r}; "
                           f"use one of {schema.ARCH_BACKBONES[m.arch]}")
-    _choice(m.dtype, schema.DTYPES, "model.dtype")
-    _choice(r.temperature, schema.TEMPERATURES, "model.rankseg.temperature")
-    _choice(r.oracle, schema.ORACLES, "model.rankseg.oracle")
-    _choice(config.loss.img_type, schema.IMG_LOSSES, "loss.img_type")
-    _choice(config.loss.seg_average, schema.SEG_AVERAGES, "loss.seg_average")
-    _choice(config.test.mode, schema.TEST_MODES, "test.mode")
+    choice(m.dtype, schema.DTYPES, "model.dtype")
+    choice(r.temperature, schema.TEMPERATURES, "model.rankseg.temperature")
+    choice(r.oracle, schema.ORACLES, "model.rankseg.oracle")
+    choice(config.loss.img_type, schema.IMG_LOSSES, "loss.img_type")
+    choice(config.loss.seg_average, schema.SEG_AVERAGES, "loss.seg_average")
+    choice(config.test.mode, schema.TEST_MODES, "test.mode")
     if m.num_classes < 1:
         raise ConfigError(f"model.num_classes={m.num_classes} must be >= 1")
     if r.enabled and not 1 <= r.topk <= m.num_classes:
@@ -70,9 +50,16 @@ def validate_model(config: mlc.ConfigDict) -> None:
         _validate_segmenter(config)
     else:
         _validate_mask2former(config)
-    _positive_pair(config.data.crop_size, "data.crop_size")
-    _positive_pair(config.test.crop_size, "test.crop_size")
-    _positive_pair(config.test.stride, "test.stride")
+    positive_pair(config.data.crop_size, "data.crop_size")
+    positive_pair(config.test.crop_size, "test.crop_size")
+    positive_pair(config.test.stride, "test.stride")
+    if config.test.mode == "slide" and any(
+            s > c for s, c in zip(config.test.stride, config.test.crop_size, strict=True)):
+        # mmseg's slide_inference asserts every pixel is covered; a stride above the window
+        # leaves gaps.
+        raise ConfigError(f"test.stride={tuple(config.test.stride)} must not exceed "
+                          f"test.crop_size={tuple(config.test.crop_size)} (windows would leave "
+                          "pixels uncovered)")
     if config.test.class_chunk < 1 or config.test.size_bucket < 1:
         raise ConfigError(f"test.class_chunk={config.test.class_chunk} and test.size_bucket="
                           f"{config.test.size_bucket} must be >= 1")
@@ -88,7 +75,7 @@ def _validate_vit(config: mlc.ConfigDict) -> None:
     for name, size in (("model.vit.img_size", b.img_size),
                        ("data.crop_size", config.data.crop_size),
                        ("test.crop_size", config.test.crop_size)):
-        _positive_pair(size, name)
+        positive_pair(size, name)
         if any(s % b.patch_size for s in size):
             raise ConfigError(
                 f"{name}={tuple(size)} is not a multiple of the patch size {b.patch_size}")
@@ -110,13 +97,13 @@ def _validate_swin(config: mlc.ConfigDict) -> None:
     for name in ("embed_dim", "window_size", "patch_size"):
         if sw[name] < 1:
             raise ConfigError(f"model.swin.{name}={sw[name]} must be >= 1")
-    _finite(sw.mlp_ratio, "model.swin.mlp_ratio", low=0.0, low_open=True)
-    _finite(sw.drop_path_rate, "model.swin.drop_path_rate", low=0.0, high=0.999)
+    finite(sw.mlp_ratio, "model.swin.mlp_ratio", low=0.0, low_open=True)
+    finite(sw.drop_path_rate, "model.swin.drop_path_rate", low=0.0, high=0.999)
 
 
 def _validate_segmenter(config: mlc.ConfigDict) -> None:
     b, h, r = config.model.vit, config.model.head, config.model.rankseg
-    _choice(r.ml_encoder, schema.ML_ENCODERS, "model.rankseg.ml_encoder")
+    choice(r.ml_encoder, schema.ML_ENCODERS, "model.rankseg.ml_encoder")
     if h.d_model % h.num_heads:
         raise ConfigError(f"model.head.d_model={h.d_model} is not divisible by "
                           f"model.head.num_heads={h.num_heads}")
@@ -137,7 +124,10 @@ def _validate_segmenter(config: mlc.ConfigDict) -> None:
             raise ConfigError(
                 f"model.head.d_model={h.d_model} is not divisible by "
                 f"model.rankseg.dec_num_heads={r.dec_num_heads}")
-        _finite(r.dynamic_k_threshold, "model.rankseg.dynamic_k_threshold", low=0.0)
+        if r.oracle != "none" and not config.test.memory_light:
+            raise ConfigError(f"model.rankseg.oracle={r.oracle!r} evaluates with the ground-truth "
+                              "classes, which only test.memory_light=True supports")
+        finite(r.dynamic_k_threshold, "model.rankseg.dynamic_k_threshold", low=0.0)
         if r.dynamic_k_threshold >= 1.0:
             raise ConfigError(f"model.rankseg.dynamic_k_threshold={r.dynamic_k_threshold} "
                               "must be in [0, 1)")
@@ -160,12 +150,19 @@ def _validate_mask2former(config: mlc.ConfigDict) -> None:
     if mf.conv_dim % 32:
         raise ConfigError(f"model.mask2former.conv_dim={mf.conv_dim} must be a multiple of "
                           "32 (the pixel decoder's GroupNorm(32, conv_dim))")
-    _finite(mf.dropout, "model.mask2former.dropout", low=0.0, high=0.999)
+    finite(mf.dropout, "model.mask2former.dropout", low=0.0, high=0.999)
     for name in ("object_mask_threshold", "overlap_threshold"):
-        _finite(mf[name], f"model.mask2former.{name}", low=0.0, high=1.0)
+        finite(mf[name], f"model.mask2former.{name}", low=0.0, high=1.0)
     if not (mf.semantic_on or mf.panoptic_on):
         raise ConfigError("model.mask2former.semantic_on and panoptic_on are both False: "
                           "inference would produce nothing")
+    # Mask2Former's test-time inference is the official one: whole image, one scale, no flip.
+    t = config.test
+    if t.mode != "whole" or tuple(t.scales) != (1.0,) or t.flip:
+        raise ConfigError(f"test.mode={t.mode!r}, test.scales={tuple(t.scales)}, test.flip="
+                          f"{t.flip}: model.arch='mask2former' infers whole images at one "
+                          "scale without flip (set test.mode='whole', scales=(1.0,), "
+                          "flip=False)")
     if not r.enabled:
         return
     num_layers = mf.dec_layers - 1
@@ -182,7 +179,7 @@ def _validate_mask2former(config: mlc.ConfigDict) -> None:
     if r.ml_hidden_dim < 64 or r.ml_hidden_dim % 64:
         raise ConfigError(f"model.rankseg.ml_hidden_dim={r.ml_hidden_dim} must be a positive "
                           "multiple of 64 (the head has ml_hidden_dim // 64 heads of width 64)")
-    _finite(r.ml_dropout, "model.rankseg.ml_dropout", low=0.0, high=0.999)
+    finite(r.ml_dropout, "model.rankseg.ml_dropout", low=0.0, high=0.999)
     # Options of the Segmenter host's RankSeg that have no Mask2Former counterpart here.
     if r.oracle != "none":
         raise ConfigError(f"model.rankseg.oracle={r.oracle!r} is not implemented for "
@@ -195,21 +192,60 @@ def _validate_mask2former(config: mlc.ConfigDict) -> None:
         raise ConfigError(f"model.rankseg.ml_encoder={r.ml_encoder!r}: Mask2Former's "
                           "multi-label head is a transformer over [queries; class tokens] "
                           "(tran_enc); the other encoders read a pixel grid")
+    if config.loss.img_type != "asl":
+        raise ConfigError(f"loss.img_type={config.loss.img_type!r}: Mask2Former's RankSeg "
+                          "multi-label loss is the official AsymmetricLoss ('asl')")
+
+
+def validate_mask2former_training(config: mlc.ConfigDict) -> None:
+    """Mask2Former's criterion (`loss.mask2former`), training mappers (`data.min_size_train`,
+    `max_size_train`, `max_targets`, `cat_max_ratio`) and synthetic panoptic data."""
+    # The ranges of the criterion's weights and ratios are in `numbers.FLOAT_RANGES`.
+    d = config.data
+    num_queries = config.model.mask2former.num_queries
+    if not 1 <= d.max_targets <= num_queries:
+        raise ConfigError(f"data.max_targets={d.max_targets} must be in [1, "
+                          f"model.mask2former.num_queries={num_queries}]: every target needs "
+                          "its own query in the matching")
+    sizes = tuple(d.min_size_train)
+    if not sizes or any(int(v) < 1 for v in sizes):
+        raise ConfigError(f"data.min_size_train={sizes} must be non-empty positive sizes")
+
+
+def _validate_synthetic_panoptic(config: mlc.ConfigDict) -> None:
+    s, k = config.data.synthetic, config.model.num_classes
+    if not 1 <= s.num_things < k:
+        raise ConfigError(f"data.synthetic.num_things={s.num_things} must be in [1, "
+                          f"model.num_classes={k}): the rest of the classes are stuff")
 
 
 def validate_optim(config: mlc.ConfigDict) -> None:
     """Optimizer and schedule options."""
     o = config.optim
-    _choice(o.name, schema.OPTIMIZERS, "optim.name")
-    _choice(o.schedule, schema.SCHEDULES, "optim.schedule")
-    _finite(o.lr, "optim.lr", low=0.0, low_open=True)
+    choice(o.name, schema.OPTIMIZERS, "optim.name")
+    choice(o.schedule, schema.SCHEDULES, "optim.schedule")
     if o.warmup_steps < 0 or o.warmup_steps >= max(config.train.steps, 1) and o.warmup_steps:
         raise ConfigError(f"optim.warmup_steps={o.warmup_steps} must be in [0, train.steps)")
-    if o.warmup_steps:  # mmcv LrUpdaterHook asserts 0 < warmup_ratio <= 1
-        _finite(o.warmup_ratio, "optim.warmup_ratio", low=0.0, high=1.0, low_open=True)
     for item in o.decay_mult:
         if len(item) != 2 or not isinstance(item[0], str):
             raise ConfigError(f"optim.decay_mult entry {item!r} is not a (substring, mult) pair")
+    _validate_param_groups(config)
+
+
+def _validate_param_groups(config: mlc.ConfigDict) -> None:
+    """The path-rule parameter groups (`optim.ml_head_lr_mult`, `no_decay_paths`); the
+    ranges of the multipliers and the clipping norm are in `numbers.FLOAT_RANGES`."""
+    o = config.optim
+    if o.ml_head_lr_mult != 1.0 and not (config.model.arch == "mask2former"
+                                         and config.model.rankseg.enabled):
+        raise ConfigError(f"optim.ml_head_lr_mult={o.ml_head_lr_mult} scales Mask2Former's "
+                          "RankSeg `ml_head.*` parameters, which this model does not have")
+    for pattern in o.no_decay_paths:
+        try:
+            re.compile(pattern)
+        except (re.error, TypeError) as e:
+            raise ConfigError(f"optim.no_decay_paths entry {pattern!r} is not a regular "
+                              f"expression: {e}") from e
 
 
 def validate_data(config: mlc.ConfigDict, *, check_files: bool = True) -> None:
@@ -217,26 +253,42 @@ def validate_data(config: mlc.ConfigDict, *, check_files: bool = True) -> None:
     from rankseg_jax.data import registry  # light: no jax, no grain
 
     d = config.data
-    _choice(d.format, schema.DATA_FORMATS, "data.format")
-    _choice(d.bad_example_policy, schema.BAD_EXAMPLE_POLICIES, "data.bad_example_policy")
+    choice(d.format, schema.DATA_FORMATS, "data.format")
+    choice(d.bad_example_policy, schema.BAD_EXAMPLE_POLICIES, "data.bad_example_policy")
+    if d.name == "synthetic_panoptic":
+        _validate_synthetic_panoptic(config)
     try:
         registry.dataset_info(config)
     except ValueError as e:
         raise ConfigError(str(e)) from e
+    if config.model.arch == "mask2former":
+        validate_mask2former_training(config)
     if check_files and d.format in ("folder", "array_record"):
-        panoptic = config.model.arch == "mask2former" and config.model.mask2former.panoptic_on
-        if panoptic and (not d.root or not pathlib.Path(d.root).exists()):
-            raise ConfigError(
-                f"data.root={d.root!r} does not exist: model.mask2former.panoptic_on needs "
-                "ADE20K panoptic annotations (segment PNGs + segments JSON), and their "
-                "preparation is not implemented yet. Use the `:smoke` variant (synthetic "
-                "data) or set model.mask2former.panoptic_on=False for semantic data.")
         if not d.root or not pathlib.Path(d.root).exists():
             raise ConfigError(
                 f"data.root={d.root!r} does not exist. Prepare the dataset first, e.g.\n"
                 f"  python -m data.prepare --dataset={d.name} --src=/path/to/download "
                 f"--out=data/{d.name}\nand set --config.data.root=data/{d.name} "
                 "(see data/README.md for where to download it)")
+    if check_files and d.format == "array_record":
+        _check_prepared(d.root)
+
+
+def _check_prepared(root: str) -> None:
+    """data.root holds a complete prepared dataset (metadata.json and the TFDS folder it
+    names), so training never ends in TFDS's long "dataset not found" listing."""
+    from rankseg_jax.data import sources
+
+    try:
+        meta = sources.read_metadata(root)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"data.root={root!r}: {e}") from e
+    folder = pathlib.Path(root) / meta["tfds"]["builder"] / meta["tfds"]["version"]
+    if not (folder / "dataset_info.json").is_file():
+        raise ConfigError(
+            f"data.root={root!r}: the prepared dataset folder {folder} is missing or incomplete "
+            "(deleted, or an older data.prepare failed while rebuilding it); run python -m "
+            "data.prepare again")
 
 
 def validate_train(config: mlc.ConfigDict, num_devices: int, process_count: int, *,
@@ -285,6 +337,7 @@ def validate(config: mlc.ConfigDict, *, num_devices: int | None = None,
     check_files=False, dataset roots and initial-weight paths are not looked up (for tools
     that only build models, e.g. conversion). Raises ConfigError naming the option.
     """
+    validate_numbers(config)
     validate_model(config)
     validate_optim(config)
     validate_data(config, check_files=check_files)
@@ -294,3 +347,5 @@ def validate(config: mlc.ConfigDict, *, num_devices: int | None = None,
         num_devices = num_devices or jax.device_count()
         process_count = process_count or jax.process_count()
     validate_train(config, num_devices, process_count, check_files=check_files)
+
+

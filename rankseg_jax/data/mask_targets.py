@@ -18,7 +18,9 @@ from the already augmented and padded label maps:
 Static shapes for jit/vmap: targets are padded to T slots with a validity mask; padded slots
 have class -1 and an all-False mask. Everything here is jittable; `segments_table` (host side)
 turns `segments_info` into the padded arrays and refuses more than T segments rather than
-dropping any.
+dropping any. `panoptic_targets` and `semantic_targets` also run on the host: given NumPy
+arrays they compute in NumPy and return NumPy arrays (the training mappers,
+`data/mask_former_mappers.py`, call them per example in the input pipeline).
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ import numpy as np
 from rankseg_jax.rankseg.ranking import batched_bincount, class_histogram
 
 PAD_CLASS = -1
+
+
+def _on_host(*arrays) -> bool:
+    """True when every input is a NumPy array (compute in NumPy, off the accelerator)."""
+    return all(isinstance(a, np.ndarray) for a in arrays)
 
 
 def segments_table(segments_info: Sequence[dict], max_segments: int) -> dict[str, np.ndarray]:
@@ -66,13 +73,14 @@ def panoptic_targets(panoptic: jax.Array, ids: jax.Array, classes: jax.Array,
       classes int32 [S] (kept segments first, in JSON order; -1 after), masks bool [S, H, W],
       valid bool [S].
     """
+    xp = np if _on_host(panoptic, ids, classes, iscrowd, valid) else jnp
     masks = panoptic[None, :, :] == ids[:, None, None]
     keep = valid & ~iscrowd
     if not keep_empty:
         keep &= masks.any(axis=(1, 2))
-    order = jnp.argsort(~keep, stable=True)  # kept first, JSON order preserved
+    order = xp.argsort(~keep, stable=True)  # kept first, JSON order preserved
     keep = keep[order]
-    return (jnp.where(keep, classes[order], PAD_CLASS).astype(jnp.int32),
+    return (xp.where(keep, classes[order], PAD_CLASS).astype(xp.int32),
             masks[order] & keep[:, None, None], keep)
 
 
@@ -88,11 +96,20 @@ def semantic_targets(label: jax.Array, num_classes: int, max_targets: int
       classes present (int32 scalar): targets beyond T are cut, so a caller that cannot take
       T = K must check it.
     """
-    present = class_histogram(label[None], num_classes)[0] > 0
-    cls = jnp.nonzero(present, size=max_targets, fill_value=PAD_CLASS)[0].astype(jnp.int32)
+    if _on_host(label):  # the official `np.unique` of the label, without the ignore value
+        flat = label[(label >= 0) & (label < num_classes)]
+        present = np.bincount(flat.ravel(), minlength=num_classes) > 0
+        found = np.flatnonzero(present)[:max_targets]
+        cls = np.full((max_targets,), PAD_CLASS, np.int32)
+        cls[:len(found)] = found
+        xp = np
+    else:
+        present = class_histogram(label[None], num_classes)[0] > 0
+        cls = jnp.nonzero(present, size=max_targets, fill_value=PAD_CLASS)[0].astype(jnp.int32)
+        xp = jnp
     ok = cls >= 0
     masks = (label[None, :, :] == cls[:, None, None]) & ok[:, None, None]
-    return cls, masks, ok, present.sum().astype(jnp.int32)
+    return cls, masks, ok, xp.asarray(present.sum(), xp.int32)
 
 
 def target_multi_hot(classes: jax.Array, valid: jax.Array, num_classes: int) -> jax.Array:

@@ -14,6 +14,13 @@ index space" of the design, taken after the shuffle instead of before it.
 
 Train batches: {'image': float32 [b,H,W,3] normalised RGB (NHWC), 'label': int32 [b,H,W]}, with
 b = train.batch_size / process_count. `to_global` turns them into global jax.Arrays.
+
+The augmentation is the host's: `transforms.train_transform` (mmseg) for Segmenter, and for
+Mask2Former (`model.arch='mask2former'`) the official detectron2 mappers of
+`mask_former_mappers.train_mapper` (semantic, or panoptic for a panoptic dataset), whose
+batches add the mask-classification targets {'target_classes': int32 [b,T], 'target_masks':
+bool [b,T,H,W], 'target_valid': bool [b,T]} (T = data.max_targets); an image with more
+targets is a bad example (`data.bad_example_policy`).
 """
 
 from __future__ import annotations
@@ -28,10 +35,11 @@ import jax
 import numpy as np
 from absl import flags
 
-from rankseg_jax.data import transforms
+from rankseg_jax.data import mask_former_mappers, panoptic, transforms
 from rankseg_jax.data.registry import dataset_info
 from rankseg_jax.data.sources import ArrayRecordSource, BadExampleError, FolderSource
 from rankseg_jax.data.synthetic import SyntheticSource
+from rankseg_jax.data.synthetic_panoptic import SyntheticPanopticSource
 
 _SKIPPED = "_skipped"
 
@@ -58,14 +66,24 @@ class BadExampleCounter:
 def make_source(config, split: str):
     """Builds the random-access source of `split` ("train", "val") from `config.data`.
 
-    Returns an object with __len__ and __getitem__ -> {'image','label','name'} (sources.py).
+    Returns an object with __len__ and __getitem__ -> {'image','label','name'} (sources.py;
+    panoptic datasets add 'panoptic' and 'segments_info', data/panoptic.py).
     """
     info = dataset_info(config)
     d = config.data
+    if d.format == "synthetic" and d.name == "synthetic_panoptic":
+        s = d.synthetic
+        return SyntheticPanopticSource(
+            s.num_train if split == "train" else s.num_val, s.image_size, s.num_things,
+            info.num_classes - s.num_things, s.max_instances, seed=config.seed, split=split)
     if d.format == "synthetic":
         return SyntheticSource.from_config(config, split)
     if not d.root:
         raise ValueError(f"data.root is empty; data.format={d.format!r} needs a dataset root")
+    if info.is_panoptic:
+        cls = panoptic.PanopticFolderSource if d.format == "folder" else \
+            panoptic.PanopticArrayRecordSource
+        return cls(d.root, info, split)
     if d.format == "folder":
         return FolderSource(d.root, info, split)
     return ArrayRecordSource(d.root, info, split)
@@ -102,11 +120,34 @@ class GuardedSource:
         raise BadExampleError(f"every example of {self.source!r} is bad")
 
 
-def _train_fn(ex: dict, rng: np.random.Generator, **kw) -> dict:
-    out = transforms.train_transform(ex, rng, **kw)
+def _train_fn(ex: dict, rng: np.random.Generator, *, transform, **kw) -> dict:
+    out = transform(ex, rng, **kw)
     if _SKIPPED in ex:
         out[_SKIPPED] = ex[_SKIPPED]
     return out
+
+
+def _train_parts(config, info):
+    """(source wrapper, transform fn) of the training chain for `config.model.arch`."""
+    d = config.data
+    if config.model.arch != "mask2former":
+        return (lambda src: src), functools.partial(
+            _train_fn, transform=transforms.train_transform, scale=tuple(d.train_scale),
+            ratio_range=tuple(d.ratio_range), crop=tuple(d.crop_size),
+            cat_max_ratio=d.cat_max_ratio, flip_prob=d.flip_prob, photometric=d.photometric,
+            mean=tuple(d.mean), std=tuple(d.std), ignore_index=info.ignore_index)
+    # Official DATASET_MAPPER_NAME: mask_former_panoptic on panoptic data, else semantic.
+    pan = info.is_panoptic
+    wrap = functools.partial(mask_former_mappers.TargetLimitSource,
+                             num_classes=info.num_classes, max_targets=d.max_targets,
+                             panoptic=pan)
+    return wrap, functools.partial(
+        _train_fn, transform=mask_former_mappers.train_mapper, panoptic=pan,
+        min_sizes=tuple(d.min_size_train), max_size=d.max_size_train, crop=tuple(d.crop_size),
+        single_category_max_area=d.cat_max_ratio, color_aug=d.photometric,
+        flip_prob=d.flip_prob, mean=tuple(d.mean), std=tuple(d.std),
+        ignore_index=info.ignore_index, num_classes=info.num_classes,
+        max_targets=d.max_targets)
 
 
 def _count_skipped(batch: dict, counter: BadExampleCounter | None) -> dict:
@@ -122,20 +163,17 @@ def _count_skipped(batch: dict, counter: BadExampleCounter | None) -> dict:
 def train_dataset(config, *, process_index: int, process_count: int) -> grain.IterDataset:
     """The per-process training `grain.IterDataset` (see module doc for the chain).
 
-    Yields {'image': float32 [b,ch,cw,3], 'label': int32 [b,ch,cw]} (+ '_skipped' int32 [b]
-    under the 'skip' policy), b = train.batch_size // process_count.
+    Yields {'image': float32 [b,ch,cw,3], 'label': int32 [b,ch,cw]} (+ the Mask2Former
+    targets, module doc; + '_skipped' int32 [b] under the 'skip' policy),
+    b = train.batch_size // process_count.
     """
     d = config.data
     info = dataset_info(config)
     if config.train.batch_size % process_count:
         raise ValueError(f"train.batch_size={config.train.batch_size} is not divisible by the "
                          f"process count {process_count}")
-    source = GuardedSource(make_source(config, "train"), d.bad_example_policy)
-    fn = functools.partial(
-        _train_fn, scale=tuple(d.train_scale), ratio_range=tuple(d.ratio_range),
-        crop=tuple(d.crop_size), cat_max_ratio=d.cat_max_ratio, flip_prob=d.flip_prob,
-        photometric=d.photometric, mean=tuple(d.mean), std=tuple(d.std),
-        ignore_index=info.ignore_index)
+    wrap, fn = _train_parts(config, info)
+    source = GuardedSource(wrap(make_source(config, "train")), d.bad_example_policy)
     ds = (grain.MapDataset.source(source).seed(config.seed).shuffle().repeat()
           .random_map(fn))
     ds = ds[process_index::process_count]

@@ -4,9 +4,14 @@
 
 Every pair is fully decoded and validated before it is written (corrupt or truncated image,
 label value outside [0, K) other than the ignore value, size mismatch, missing pair, wrong bit
-depth): the first defect aborts with an error naming the file, and TFDS then leaves no finished
-dataset behind, so a prepared dataset never holds a bad example. Missing files are found
-before anything is written. No TensorFlow is needed, to write or to read.
+depth): the first defect aborts with an error naming the file, so a prepared dataset never
+holds a bad example. Missing files are found before anything is written. No TensorFlow is
+needed, to write or to read.
+
+The dataset is built in a staging folder inside --out (`.prepare-<pid>/`) and swapped in only
+when complete, so a failed or interrupted run leaves an existing prepared dataset in --out
+untouched (the staging folder is removed on failure; a hard kill can leave it behind, and a
+kill in the instant between the two renames of the swap leaves the previous dataset in it).
 
 Output in --out:
   rankseg_<dataset>/1.0.0/   the TFDS dataset written by `RankSegBuilder`: ArrayRecord files
@@ -24,10 +29,11 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import contextlib
 import hashlib
 import json
+import os
 import pathlib
+import shutil
 import sys
 
 import numpy as np
@@ -131,20 +137,31 @@ def prepare(dataset: str, src: str, out: str, splits=("train", "val"), num_worke
             class_names_file: str = "") -> pathlib.Path:
     """Converts `src` (mmseg layout of `dataset`) into `out`; returns the metadata.json path.
 
-    An existing prepared dataset in `out` is rebuilt.
+    An existing prepared dataset in `out` is replaced only once the new one is complete: if
+    this fails (a bad file, a full disk, an interrupt), `out` keeps its previous contents.
     """
     info = get_dataset_info(dataset, class_names_file=class_names_file)
     src_p, out_p = pathlib.Path(src), pathlib.Path(out)
     out_p.mkdir(parents=True, exist_ok=True)
-    builder = make_builder(info)(src=src_p, dataset=info, splits=tuple(splits),
-                                 num_workers=num_workers, data_dir=str(out_p),
-                                 file_format="array_record")
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        download_mode=tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS))
-    with contextlib.suppress(OSError):  # TFDS makes an (unused, empty) download folder
-        (out_p / "downloads" / "extracted").rmdir()
-        (out_p / "downloads").rmdir()
-    meta = {
+    staging = out_p / f".prepare-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        builder = make_builder(info)(src=src_p, dataset=info, splits=tuple(splits),
+                                     num_workers=num_workers, data_dir=str(staging),
+                                     file_format="array_record")
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+            download_mode=tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS))
+        (staging / "metadata.json").write_text(json.dumps(_metadata(info, builder, src_p,
+                                                                    splits), indent=1))
+        _swap_in(staging, out_p, builder.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # also the replaced dataset, set aside
+    return out_p / "metadata.json"
+
+
+def _metadata(info: DatasetInfo, builder: RankSegBuilder, src: pathlib.Path, splits) -> dict:
+    """The contents of metadata.json (module doc)."""
+    return {
         "dataset": info.name,
         "num_classes": info.num_classes,
         "class_names": list(info.class_names),
@@ -164,13 +181,25 @@ def prepare(dataset: str, src: str, out: str, splits=("train", "val"), num_worke
                          "name": "file stem"},
             "label_semantics": "raw values; conversion to training ids at read time",
         },
-        "source": str(src_p.resolve()),
+        "source": str(src.resolve()),
         "splits": {s: {"num_examples": builder.info.splits[s].num_examples,
                        "sha256": builder.checksums[s]} for s in splits},
     }
-    path = out_p / "metadata.json"
-    path.write_text(json.dumps(meta, indent=1))
-    return path
+
+
+def _swap_in(staging: pathlib.Path, out: pathlib.Path, name: str) -> None:
+    """Moves the finished `staging/<name>` and `staging/metadata.json` into `out`; the
+    dataset they replace is moved into `staging` (deleted with it by the caller)."""
+    new, old = staging / name, out / name
+    if old.exists():
+        os.rename(old, staging / f"replaced-{name}")
+    try:
+        os.rename(new, old)
+    except OSError:
+        if (staging / f"replaced-{name}").exists():
+            os.rename(staging / f"replaced-{name}", old)
+        raise
+    os.replace(staging / "metadata.json", out / "metadata.json")
 
 
 def main(argv=None) -> int:

@@ -290,7 +290,10 @@ def _registry() -> dict[str, DatasetInfo]:
     }
 
 
-DATASETS = tuple(_registry()) + ("synthetic",)
+# The procedural datasets (no files; `data.format='synthetic'` exactly for these): the
+# many-class semantic one and the panoptic one (`synthetic_panoptic.py`, things + stuff).
+SYNTHETIC_DATASETS = ("synthetic", "synthetic_panoptic")
+DATASETS = tuple(_registry()) + SYNTHETIC_DATASETS
 PANOPTIC_DATASETS = tuple(k for k, v in _registry().items() if v.is_panoptic)
 
 
@@ -302,22 +305,34 @@ def synthetic_info(num_classes: int, num_scenes: int = 8) -> DatasetInfo:
 
 
 def get_dataset_info(name: str, *, num_classes: int | None = None,
-                     class_names_file: str = "", num_scenes: int = 8) -> DatasetInfo:
+                     class_names_file: str = "", num_scenes: int = 8,
+                     num_things: int = 20) -> DatasetInfo:
     """Looks up a dataset by registry name.
 
     Args:
       name: one of `DATASETS`.
-      num_classes: K for "synthetic" (required there); for real datasets, if given, it must
-        equal the registry's K.
+      num_classes: K for the synthetic datasets (required there); for real datasets, if
+        given, it must equal the registry's K.
       class_names_file: optional names file replacing the registry's names (one per line).
       num_scenes: the synthetic dataset's scene count (its class names follow the scenes).
+      num_things: `synthetic_panoptic`: the first num_things classes are things (1 <= T < K).
     Returns:
       The `DatasetInfo`. Raises KeyError for an unknown name, ValueError for a K mismatch.
     """
-    if name == "synthetic":
+    if name in SYNTHETIC_DATASETS:
         if num_classes is None:
-            raise ValueError("the synthetic dataset needs num_classes")
-        info = synthetic_info(num_classes, num_scenes)
+            raise ValueError(f"the {name} dataset needs num_classes")
+        if name == "synthetic":
+            info = synthetic_info(num_classes, num_scenes)
+        else:
+            if not 1 <= num_things < num_classes:
+                raise ValueError(f"synthetic_panoptic needs 1 <= num_things ({num_things}) < "
+                                 f"num_classes ({num_classes}): things first, then stuff")
+            # Imported here: synthetic_panoptic imports this module.
+            from rankseg_jax.data.synthetic_panoptic import synthetic_panoptic_info
+
+
+            info = synthetic_panoptic_info(num_things, num_classes - num_things)
     else:
         registry = _registry()
         if name not in registry:
@@ -339,7 +354,7 @@ def data_config_values(name: str) -> dict:
     'train_scale', 'test_scale'}; use as `config.data.update(data_config_values('ade20k'))`
     (and set `model.num_classes = get_dataset_info(name).num_classes`).
     """
-    info = get_dataset_info(name, num_classes=150 if name == "synthetic" else None)
+    info = get_dataset_info(name, num_classes=150 if name in SYNTHETIC_DATASETS else None)
     return {"name": info.name, "ignore_index": info.ignore_index,
             "reduce_zero_label": info.reduce_zero_label, "mean": info.mean, "std": info.std,
             "crop_size": info.crop_size, "train_scale": info.train_scale,
@@ -358,13 +373,15 @@ def dataset_info(config) -> DatasetInfo:
     d = config.data
     if d.name not in DATASETS:
         raise ValueError(f"data.name={d.name!r} is not one of {tuple(DATASETS)}")
-    if (d.name == "synthetic") != (d.format == "synthetic"):
+    if (d.name in SYNTHETIC_DATASETS) != (d.format == "synthetic"):
         raise ValueError(f"data.format={d.format!r} does not fit data.name={d.name!r}: "
-                         "use format 'synthetic' exactly for the synthetic dataset")
+                         f"use format 'synthetic' exactly for the synthetic datasets "
+                         f"{SYNTHETIC_DATASETS}")
     try:
         info = get_dataset_info(d.name, num_classes=config.model.num_classes,
                                 class_names_file=d.class_names_file,
-                                num_scenes=d.synthetic.num_scenes)
+                                num_scenes=d.synthetic.num_scenes,
+                                num_things=d.synthetic.num_things)
     except ValueError as e:
         raise ValueError(f"model.num_classes / data.class_names_file: {e}") from e
     if d.ignore_index != info.ignore_index:

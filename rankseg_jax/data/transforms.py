@@ -89,8 +89,9 @@ def random_flip(ex: dict, rng: np.random.Generator, prob: float = 0.5) -> dict:
     return ex
 
 
-def _convert(img: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
-    # mmseg: float32 multiply-add, clip to [0, 255], truncate to uint8.
+def convert_uint8(img: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
+    """uint8 array -> uint8 clip(float32(img) * alpha + beta, 0, 255), truncated: the photometric
+    step of mmseg's PhotoMetricDistortion and of detectron2's ColorAugSSD alike."""
     return np.clip(img.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
 
 
@@ -105,13 +106,13 @@ def photometric_distortion(ex: dict, rng: np.random.Generator, brightness_delta:
     """
     img = ex["image"]
     if rng.integers(2):
-        img = _convert(img, beta=rng.uniform(-brightness_delta, brightness_delta))
+        img = convert_uint8(img, beta=rng.uniform(-brightness_delta, brightness_delta))
     mode = rng.integers(2)
     if mode == 1 and rng.integers(2):
-        img = _convert(img, alpha=rng.uniform(*contrast_range))
+        img = convert_uint8(img, alpha=rng.uniform(*contrast_range))
     if rng.integers(2):
         hsv = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2HSV)
-        hsv[:, :, 1] = _convert(hsv[:, :, 1], alpha=rng.uniform(*saturation_range))
+        hsv[:, :, 1] = convert_uint8(hsv[:, :, 1], alpha=rng.uniform(*saturation_range))
         img = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
     if rng.integers(2):
         hsv = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2HSV)
@@ -119,7 +120,7 @@ def photometric_distortion(ex: dict, rng: np.random.Generator, brightness_delta:
         hsv[:, :, 0] = (hsv[:, :, 0].astype(np.int64) + delta) % 180
         img = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
     if mode == 0 and rng.integers(2):
-        img = _convert(img, alpha=rng.uniform(*contrast_range))
+        img = convert_uint8(img, alpha=rng.uniform(*contrast_range))
     out = dict(ex)
     out["image"] = img
     return out

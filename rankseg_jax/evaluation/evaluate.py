@@ -22,7 +22,9 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from rankseg_jax.config.schema import ConfigError
 from rankseg_jax.data import pipeline as input_pipeline
+from rankseg_jax.data import transforms
 from rankseg_jax.data.sources import BadExampleError
 from rankseg_jax.evaluation import inference, metrics, reports
 from rankseg_jax.evaluation import multilabel as multilabel_metrics
@@ -52,6 +54,49 @@ class _RawSource:
                 raise
             logging.warning("skipping bad eval example: %s", e)
             return None
+
+
+def _first_line(e: BaseException, limit: int = 300) -> str:
+    # Some readers (TFDS's "dataset not found") put hundreds of lines into their message.
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {(lines[0] if lines else '')[:limit]}"
+
+
+def check_ready(config, split: str = "val") -> int:
+    """Checks that `evaluate` can run, before a trainer spends hours reaching its first
+    evaluation: opens `split`, decodes its first example (the first good one under
+    data.bad_example_policy='skip') and applies the test-time transform to it.
+
+    Returns the number of examples. Raises ConfigError naming the split, data.root and the
+    cause (a missing folder, an unreadable or empty split, a corrupt first file).
+    """
+    d = config.data
+    where = f"the {split!r} split of data.name={d.name!r}" + (
+        f" at data.root={d.root!r}" if d.root else "")
+    hint = ("; fix the dataset, or set train.eval_every=0 to train without evaluation")
+    try:
+        source = input_pipeline.make_source(config, split)
+        count = len(source)
+    except Exception as e:  # any reader error; its cause is chained
+        raise ConfigError(f"evaluation cannot open {where} ({_first_line(e)}){hint}") from e
+    if count == 0:
+        raise ConfigError(f"{where} has no examples{hint}")
+    errors = []
+    for index in range(count if d.bad_example_policy == "skip" else 1):
+        try:
+            example = source[index]
+        except BadExampleError as e:
+            errors.append(e)
+            continue
+        except Exception as e:
+            raise ConfigError(f"evaluation cannot read example {index} of {where} "
+                              f"({_first_line(e)}){hint}") from e
+        transforms.eval_transform(example, scale=tuple(d.test_scale), mean=tuple(d.mean),
+                                  std=tuple(d.std))
+        return count
+    raise ConfigError(f"evaluation cannot decode {where}: {errors[0]}"
+                      + (f" (and {len(errors) - 1} more bad examples)" if len(errors) > 1
+                         else "") + hint) from errors[0]
 
 
 def _examples(config, split: str, p: int, n: int):
@@ -98,21 +143,40 @@ def allgather_sum(vec: np.ndarray) -> np.ndarray:
     return (g[:, 0] << 31).sum(0) + g[:, 1].sum(0)
 
 
-def _reduce(acc: metrics.SegMetricAccumulator, ml: dict, n_images: int, k: int):
+def reduce_totals(acc: metrics.SegMetricAccumulator,
+                  mla: multilabel_metrics.MultiLabelMetricAccumulator, n_images: int
+                  ) -> tuple[metrics.Areas, multilabel_metrics.MultiLabelMetricAccumulator, int]:
     """Cross-process sums of the area totals, multi-label (sum, count) pairs and image count.
 
     Multi-label sums are per-image values in [0, 1]; they travel as fixed point (1e-9) so
-    the integer gather above can carry them exactly enough.
+    the integer gather above can carry them exactly enough. Returns (all-process area
+    totals, a new accumulator holding the all-process multi-label sums, image count).
     """
+    k = acc.num_classes
     areas = np.concatenate([np.asarray(a, np.int64) for a in acc.totals])
-    sums = np.array([round(ml["sums"].get(key, 0.0) * 1e9) for key in _ML_KEYS], np.int64)
-    counts = np.array([ml["counts"].get(key, 0) for key in _ML_KEYS], np.int64)
-    vec = allgather_sum(np.concatenate([areas, sums, counts, [n_images, int(ml["any_gt"])]]))
+    sums = np.array([round(mla.sums.get(key, 0.0) * 1e9) for key in _ML_KEYS], np.int64)
+    counts = np.array([mla.counts.get(key, 0) for key in _ML_KEYS], np.int64)
+    vec = allgather_sum(np.concatenate([areas, sums, counts, [n_images, int(mla.any_gt)]]))
     totals = metrics.Areas(*vec[: 4 * k].reshape(4, k))
     m = len(_ML_KEYS)
-    ml_sums = vec[4 * k: 4 * k + m] / 1e9
-    ml_counts = vec[4 * k + m: 4 * k + 2 * m]
-    return totals, ml_sums, ml_counts, int(vec[-2]), bool(vec[-1])
+    # The all-process totals go through the accumulator's own means (and its official
+    # "recall is 1 when no image has a GT class" rule); every process fills all keys, so
+    # the result does not depend on which process saw which image.
+    out = multilabel_metrics.MultiLabelMetricAccumulator()
+    out.sums = {key: float(v) for key, v in zip(_ML_KEYS, vec[4 * k: 4 * k + m] / 1e9,
+                                                strict=True)}
+    out.counts = {key: int(v) for key, v in zip(_ML_KEYS, vec[4 * k + m: 4 * k + 2 * m],
+                                                strict=True)}
+    out.any_gt = bool(vec[-1])
+    return totals, out, int(vec[-2])
+
+
+def multilabel_results(mla: multilabel_metrics.MultiLabelMetricAccumulator) -> dict:
+    """The reported multi-label metrics of reduced sums: img_AP, img_recall, img_precision
+    (precision@kappa) and pixel_recall."""
+    out = mla.compute()
+    out["img_precision"] = out.pop("img_accuracy")
+    return out
 
 
 def evaluate(config, model, workdir=None, *, step=None, split="val") -> dict:
@@ -129,7 +193,13 @@ def evaluate(config, model, workdir=None, *, step=None, split="val") -> dict:
       NaN where 0/0), 'class_names', the mmseg 'area_*' totals, multi-label metrics of
       RankSeg heads ('img_AP' sample-averaged ranking AP over the full ranking, 'img_recall'
       and 'img_precision' of the top-kappa, 'pixel_recall'), 'num_images', 'images_per_s'.
+      Mask2Former models (`model.arch='mask2former'`) are evaluated by
+      `mask_former_evaluate.evaluate` (official per-image inference, PQ); see there.
     """
+    if config.model.arch == "mask2former":
+        from rankseg_jax.evaluation import mask_former_evaluate
+
+        return mask_former_evaluate.evaluate(config, model, workdir, step=step, split=split)
     info = input_pipeline.dataset_info(config)
     k = config.model.num_classes
     p, n = jax.process_index(), jax.process_count()
@@ -155,17 +225,10 @@ def evaluate(config, model, workdir=None, *, step=None, split="val") -> dict:
         bar.update(1)
     bar.close()
     seconds = time.perf_counter() - start
-    totals, ml_sums, ml_counts, n_images, any_gt = _reduce(
-        acc, {"sums": mla.sums, "counts": mla.counts, "any_gt": mla.any_gt}, seen, k)
+    totals, mla, n_images = reduce_totals(acc, mla, seen)
     out = metrics.compute_metrics(totals, class_names=info.class_names)
     if model.is_rankseg:
-        # The all-process totals go through the accumulator's own means (and its official
-        # "recall is 1 when no image has a GT class" rule).
-        mla.sums = {key: float(v) for key, v in zip(_ML_KEYS, ml_sums, strict=True)}
-        mla.counts = {key: int(v) for key, v in zip(_ML_KEYS, ml_counts, strict=True)}
-        mla.any_gt = any_gt
-        out.update(mla.compute())
-        out["img_precision"] = out.pop("img_accuracy")  # precision@kappa
+        out.update(multilabel_results(mla))
     out.update(num_images=n_images, seconds=seconds, images_per_s=seen / max(seconds, 1e-9))
     if p == 0:
         _report(config, out, workdir, step, split)

@@ -23,6 +23,10 @@ Python float64 ratio (float32 on the device can flip it for ratios within ~1e-7 
 threshold), merges repeated stuff classes through a dict, and returns a variable-length list;
 the host loop reproduces all three literally at negligible cost. The final map is one host
 gather `lut[ids]` (the segments are disjoint: a pixel belongs only to its argmax query).
+
+`semantic_from_masks` / `panoptic_from_masks` are the traceable cores on already resized sigmoid
+masks; `mask_former_engine.py` calls them on size-bucketed masks (with a validity map so that
+bucket padding never counts in an area) to share compilations between image sizes.
 """
 
 from __future__ import annotations
@@ -58,11 +62,20 @@ def postprocess_masks(mask_logits: jax.Array, image_size, padded_size,
     return resize.apply_separable(x, mat(ih, oh), mat(iw, ow))
 
 
+def semantic_from_masks(mask_cls: jax.Array, masks: jax.Array) -> jax.Array:
+    """The semantic einsum on resized sigmoid masks (traceable, no resizing).
+
+    mask_cls: float [..., Q, K+1]; masks: float32 [..., Q, H, W] sigmoid probabilities.
+    Returns float32 [..., K, H, W] = einsum('qc,qhw->chw', softmax(mask_cls)[:, :K], masks).
+    """
+    probs = jax.nn.softmax(mask_cls.astype(jnp.float32), axis=-1)[..., :-1]
+    return jnp.einsum("...qc,...qhw->...chw", probs, masks, precision=_HIGHEST)
+
+
 @functools.partial(jax.jit, static_argnames=("image_size", "padded_size", "output_size"))
 def _semantic(mask_cls, mask_logits, image_size, padded_size, output_size):
     masks = jax.nn.sigmoid(postprocess_masks(mask_logits, image_size, padded_size, output_size))
-    probs = jax.nn.softmax(mask_cls.astype(jnp.float32), axis=-1)[..., :-1]
-    return jnp.einsum("...qc,...qhw->...chw", probs, masks, precision=_HIGHEST)
+    return semantic_from_masks(mask_cls, masks)
 
 
 def semantic_inference(mask_cls: jax.Array, mask_logits: jax.Array, image_size, padded_size,
@@ -77,9 +90,14 @@ def semantic_inference(mask_cls: jax.Array, mask_logits: jax.Array, image_size, 
                      _hw(output_size))
 
 
-@functools.partial(jax.jit, static_argnames=("image_size", "padded_size", "output_size"))
-def _panoptic_maps(mask_cls, mask_logits, threshold, image_size, padded_size, output_size):
-    masks = jax.nn.sigmoid(postprocess_masks(mask_logits, image_size, padded_size, output_size))
+def panoptic_from_masks(mask_cls: jax.Array, masks: jax.Array, threshold: jax.Array,
+                        valid: jax.Array | None = None) -> dict:
+    """The device part of the panoptic inference on resized sigmoid masks (traceable).
+
+    mask_cls: float [Q, K+1]; masks: float32 [Q, H, W]; threshold: float32 scalar;
+    valid: optional bool [H, W], the pixels of the image (False = bucket padding, not
+    counted in any area). Returns the dict of `panoptic_maps`.
+    """
     num_queries, k1 = mask_cls.shape
     probs = jax.nn.softmax(mask_cls.astype(jnp.float32), axis=-1)
     scores = probs.max(-1)
@@ -91,18 +109,26 @@ def _panoptic_maps(mask_cls, mask_logits, threshold, image_size, padded_size, ou
     prob = jnp.where(keep[:, None, None], scores[:, None, None] * masks, -1.0)
     ids = jnp.argmax(prob, axis=0).astype(jnp.int32)
     fg = jnp.take_along_axis(masks, ids[None], axis=0)[0] >= 0.5
-    flat = ids.reshape(-1)
+    inside = jnp.ones(ids.shape, bool) if valid is None else valid
+    flat, counted = ids.reshape(-1), inside.reshape(-1)
+    count = lambda sel: jnp.bincount(jnp.where(sel, flat, num_queries),  # noqa: E731
+                                     length=num_queries + 1)[:num_queries].astype(jnp.int32)
     return {
         "ids": ids,
         "fg": fg,
         "scores": scores,
         "labels": labels,
         "keep": keep,
-        "area": jnp.bincount(flat, length=num_queries).astype(jnp.int32),
-        "orig_area": jnp.sum(masks >= 0.5, axis=(1, 2), dtype=jnp.int32),
-        "fg_area": jnp.bincount(jnp.where(fg.reshape(-1), flat, num_queries),
-                                length=num_queries + 1)[:num_queries].astype(jnp.int32),
+        "area": count(counted),
+        "orig_area": jnp.sum((masks >= 0.5) & inside, axis=(1, 2), dtype=jnp.int32),
+        "fg_area": count(fg.reshape(-1) & counted),
     }
+
+
+@functools.partial(jax.jit, static_argnames=("image_size", "padded_size", "output_size"))
+def _panoptic_maps(mask_cls, mask_logits, threshold, image_size, padded_size, output_size):
+    masks = jax.nn.sigmoid(postprocess_masks(mask_logits, image_size, padded_size, output_size))
+    return panoptic_from_masks(mask_cls, masks, threshold)
 
 
 def panoptic_maps(mask_cls: jax.Array, mask_logits: jax.Array, image_size, padded_size,
@@ -171,6 +197,13 @@ def panoptic_inference(mask_cls: jax.Array, mask_logits: jax.Array, image_size, 
     """
     maps = jax.device_get(panoptic_maps(mask_cls, mask_logits, image_size, padded_size,
                                         output_size, object_mask_threshold))
+    return panoptic_result(maps, thing_ids, overlap_threshold)
+
+
+def panoptic_result(maps: dict, thing_ids, overlap_threshold: float
+                    ) -> tuple[np.ndarray, list[dict]]:
+    """Host maps of `panoptic_maps` (numpy; 'ids'/'fg' already cropped to the image) ->
+    (panoptic_seg int32 [H0, W0], segments_info), via `panoptic_segments`."""
     lut, segments_info = panoptic_segments(maps["keep"], maps["labels"], maps["area"],
                                            maps["orig_area"], maps["fg_area"], thing_ids,
                                            overlap_threshold)

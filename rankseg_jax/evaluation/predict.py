@@ -115,11 +115,13 @@ def _ground_truth(label_dir, stem, shape, info):
     return gt, None
 
 
-def _summary(tally: _Tally, input_path, out_dir, kappa, has_labels) -> str:
+def _summary(tally: _Tally, input_path, out_dir, kappa, has_labels, more=None) -> str:
+    """The printed summary; `more`: {kind: description} of further kinds written."""
     lines = [f"predict: {tally.images} image(s) from {input_path} -> {out_dir}"]
     what = {"labels": "label maps (class ids; palette PNG, or 16-bit + colour PNG for K > 256)",
             "panel": "panels (image | prediction" + (" | ground truth)" if has_labels else ")"),
-            "scores": f"score charts (top-{visualize.TOP} classes, kappa = {kappa})"}
+            "scores": f"score charts (top-{visualize.TOP} classes, kappa = {kappa})",
+            **(more or {})}
     for kind, text in what.items():
         paths = tally.written.get(kind, [])
         if paths:
@@ -145,8 +147,15 @@ def predict(config, model, input_path, output_dir, *, label_dir=None) -> list[st
       output_dir: created if needed.
       label_dir: optional folder of ground-truth label files (module doc).
     Returns:
-      Paths of the written files, in order. Prints a summary.
+      Paths of the written files, in order. Prints a summary. Mask2Former models
+      (`model.arch='mask2former'`) are predicted by `mask_former_predict.predict` (official
+      test sizing, semantic and panoptic outputs); see there.
     """
+    if config.model.arch == "mask2former":
+        from rankseg_jax.evaluation import mask_former_predict
+
+        return mask_former_predict.predict(config, model, input_path, output_dir,
+                                           label_dir=label_dir)
     info = input_pipeline.dataset_info(config)
     k = config.model.num_classes
     input_path, out_dir = pathlib.Path(input_path), pathlib.Path(output_dir)

@@ -261,9 +261,11 @@ def score_chart_figure(image_logits: np.ndarray, kappa: int, names, palette: np.
                 va="bottom", fontsize=9, transform=ax.get_yaxis_transform(),
                 bbox=dict(facecolor="white", edgecolor="none", alpha=0.8, pad=1))
     else:
-        ax.text(0.5, cut_y + 0.45, f"↓ κ = {kappa}: ranks {n + 1}-{min(kappa, k)} are kept "
-                f"too; the cut is after rank {min(kappa, k)}", ha="center", va="center",
-                fontsize=9, transform=ax.get_yaxis_transform())
+        note = (f"↓ κ = {kappa}: ranks {n + 1}-{min(kappa, k)} are kept too; the cut is after "
+                f"rank {min(kappa, k)}" if min(kappa, k) > n
+                else f"κ = {kappa}: all {k} classes are kept (nothing is cut)")
+        ax.text(0.5, cut_y + 0.45, note, ha="center", va="center", fontsize=9,
+                transform=ax.get_yaxis_transform())
     if gt_present is not None:
         fig.legend(handles=[Patch(facecolor="#bbbbbb", edgecolor="black",
                                   label="in ground truth (bar: its colour in the map)"),

@@ -1,14 +1,26 @@
 """The training loop: `train_and_evaluate(config, workdir)`.
 
-Order of work: validate the config (before any compilation) -> mesh -> shapes-first sharded
-state -> initial weights (workdir checkpoint > init.resume > init.pretrained > random) ->
-jitted step over per-process grain batches -> logging, periodic evaluation, checkpoints.
+Order of work: validate the config (before any compilation) -> lock the workdir -> check
+that evaluation can run -> mesh -> shapes-first sharded state -> initial weights (workdir
+checkpoint > init.resume > init.pretrained > random) -> jitted step over per-process grain
+batches -> logging, checkpoints, periodic evaluation.
 Only process 0 writes logs; every process takes part in saves (each writes its shards and its
 own data-iterator position).
+
+What a fault costs (docs/reliability.md):
+  * a checkpoint is written only from a state known finite, under the number of steps it
+    holds (`_verify_applied` before every save); a non-finite step stops the run with
+    TrainingDiverged naming the last good checkpoint;
+  * an evaluation step saves first, then evaluates; an evaluation error is logged with its
+    cause and training continues;
+  * SIGTERM and SIGINT (Ctrl-C) save at the next step boundary and return with
+    result['stopped_by'] set; `exit_status(result)` is the process exit code (0 after
+    SIGTERM, a preemption notice; 130 after Ctrl-C). A second Ctrl-C interrupts at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pathlib
@@ -28,25 +40,14 @@ from rankseg_jax.data import pipeline as input_pipeline
 from rankseg_jax.train import optim
 from rankseg_jax.train import step as ts
 from rankseg_jax.train.metric_logger import MetricLogger
+from rankseg_jax.train.workdir_lock import WorkdirLock
 
 log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(FloatingPointError):
-    """Loss or gradients became NaN/Inf; the last good checkpoint is kept."""
-
-
-# The meta-architectures this loop can train (Mask2Former's matcher/criterion are not here yet).
-TRAINABLE_ARCHS = ("segmenter",)
-
-
-def check_trainable(config: mlc.ConfigDict) -> None:
-    """Raises NotImplementedError, before anything is built, for an arch with no training."""
-    if config.model.arch not in TRAINABLE_ARCHS:
-        raise NotImplementedError(
-            f"training model.arch={config.model.arch!r} is not implemented yet (its Hungarian "
-            "matcher and set criterion are the next step); its models run inference with "
-            "official weights (`python -m rankseg_jax.convert`, `rankseg_jax.load_model`)")
+    """Loss, gradients or the updated state became NaN/Inf; the last good checkpoint is
+    kept (the message names it)."""
 
 
 # --------------------------------------------------------------------------- initial weights
@@ -71,19 +72,22 @@ def initial_state(setup: ts.TrainSetup, ckpt: checkpointing.Checkpointer, data_i
     """
     config = setup.config
     if ckpt.latest_step() is not None:
-        step = ckpt.latest_step()
-        return ckpt.restore(setup.abstract_state, data_iterator), f"workdir checkpoint {step}"
+        state, step = ckpt.restore_newest_intact(setup.abstract_state, data_iterator)
+        return state, f"workdir checkpoint {step}"
     resume = config.init.resume
     if resume:
         if checkpointing.is_params_dir(resume):
-            params = checkpointing.load_params(resume, setup.abstract_state["params"])
+            params = checkpointing.load_params(resume, setup.abstract_state["params"], config)
             return ts.state_from_params(setup, params), f"params-only {resume}"
         if checkpointing.is_training_checkpoint(resume):
             other = checkpointing.Checkpointer(checkpointing.training_checkpoint_root(resume),
-                                               config)
-            state = other.restore(setup.abstract_state, data_iterator)
-            other.close()
-            return state, f"training checkpoint {resume}"
+                                               config, read_only=True)
+            try:  # another run's folder: broken steps are skipped, never renamed
+                state, step = other.restore_newest_intact(setup.abstract_state, data_iterator,
+                                                          set_aside=False)
+            finally:
+                other.close()
+            return state, f"training checkpoint {resume} step {step}"
         raise config_lib.ConfigError(
             f"init.resume={resume!r} is neither a params-only directory (with params/) nor a "
             "training checkpoint directory (with numbered step folders)")
@@ -114,55 +118,142 @@ def _evaluate(config, setup, params, workdir, step):
     return evaluate_lib.evaluate(config, model, workdir, step=step)
 
 
+def _evaluate_or_report(config, setup, params, workdir, step, logger) -> dict | None:
+    """Evaluation metrics, or None after logging why evaluation failed.
+
+    The step's checkpoint is already saved, and the run goes on: an evaluation error (a file
+    that went bad since start-up, memory) must not cost training. With several processes the
+    error has to happen on all of them (evaluation is collective), as it does for data and
+    configuration errors.
+    """
+    try:
+        return _evaluate(config, setup, params, workdir, step)
+    except Exception as e:
+        log.exception("evaluation at step %d failed", step)
+        logger.info(f"warning: evaluation at step {step} failed ({type(e).__name__}: {e}); "
+                    "its checkpoint is saved and training continues")
+        return None
+
+
+# --------------------------------------------------------------------------- signals
+
+
 class _StopFlag:
-    """Set by SIGTERM/SIGINT-free preemption notice; checked between steps."""
+    """SIGTERM (preemption notice) and SIGINT (Ctrl-C) ask for a clean stop: the loop saves at
+    the next step boundary and returns. A second SIGINT raises KeyboardInterrupt at once."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.set = False
-        self._old = None
+        self.name: str | None = None
+        self._old: dict = {}
 
     def install(self):
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGTERM, self._handle)
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):
-        del signum, frame
+        del frame
+        if self.set and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # asked twice: stop now (the last checkpoint stays)
         self.set = True
+        self.name = signal.Signals(signum).name
 
     def uninstall(self):
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
+
+
+def exit_status(result: dict) -> int:
+    """The process exit code for a `train_and_evaluate` result: 130 (128 + SIGINT, the shell
+    convention) after Ctrl-C, else 0 (finished, or stopped cleanly by SIGTERM/preemption with
+    a checkpoint to resume from)."""
+    return 128 + signal.SIGINT if result.get("stopped_by") == "SIGINT" else 0
+
+
+# --------------------------------------------------------------------------- finiteness
+
+
+def _verify_applied(state, done: int, last_checked: int, last_saved: int | None,
+                    ckpt: checkpointing.Checkpointer, metrics) -> None:
+    """Raises TrainingDiverged unless every step up to `done` was applied.
+
+    The step leaves the state (and its step counter) unchanged when the loss, the gradients
+    or the updated state are not finite, so `state['step'] == done` proves that the state
+    is finite and that a checkpoint numbered `done` holds step `done` (with the data
+    position of step `done`).
+    """
+    applied = int(jax.device_get(state["step"]))
+    if applied == done:
+        return
+    where = (f"at step {done}" if done - last_checked == 1
+             else f"between steps {last_checked + 1} and {done}")
+    kept = (f"The last good checkpoint is step {last_saved} in {ckpt.directory}"
+            if last_saved is not None else "No checkpoint of this run was written")
+    raise TrainingDiverged(
+        f"non-finite loss, gradients or parameters {where} "
+        f"({ts.finalize_metrics(jax.device_get(metrics))}); training stopped. {kept}. "
+        "Lower optim.lr, enable optim.clip_grad_norm, or check the data.")
 
 
 # --------------------------------------------------------------------------- loop
 
 
 def train_and_evaluate(config: mlc.ConfigDict, workdir: str | os.PathLike) -> dict:
-    """Trains `config` in `workdir` (resuming if it holds a checkpoint).
+    """Trains `config` in `workdir` (resuming from its newest intact checkpoint).
 
     Returns {'step': last step, 'train': last logged train metrics, 'eval': last eval
-    metrics or None, 'preempted': bool, 'init': where the weights came from}.
-    Raises TrainingDiverged on NaN/Inf loss or gradients (after in-flight saves finish),
-    NotImplementedError for an arch without training (`check_trainable`).
+    metrics or None, 'preempted': bool, 'stopped_by': 'SIGTERM' | 'SIGINT' | 'preemption' |
+    None, 'init': where the weights came from, 'skipped_examples': bad examples skipped
+    under data.bad_example_policy='skip'}.
+    Raises TrainingDiverged on a non-finite step (after in-flight saves finish),
+    WorkdirLocked if another trainer uses `workdir`, ConfigError if evaluation cannot run,
+    checkpointing.CheckpointError / IncompatibleCheckpoint if no checkpoint can be resumed.
     """
-    check_trainable(config)
     config_lib.validate(config)
     workdir = pathlib.Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
-    if jax.process_index() == 0:
-        serialization.save(config, workdir)  # the run records which model it trains
-    t = config.train
-    mesh = sharding.make_mesh(config)
-    setup = ts.make_setup(config, mesh)
-    train_step = ts.make_train_step(setup)
-    data_it = input_pipeline.make_train_iterator(config)
-    ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(workdir), config)
-    state, source = initial_state(setup, ckpt, data_it)
-    start = int(jax.device_get(state["step"]))
-    logger = MetricLogger(workdir, total_steps=t.steps, initial_step=start,
-                          enabled=jax.process_index() == 0)
-    logger.info(f"mesh {dict(mesh.shape)}; weights from {source}; starting at step {start}")
-    _warn_if_random_init(config, source, logger)
+    with contextlib.ExitStack() as stack:  # unwound in reverse: the lock goes last
+        if jax.process_index() == 0:
+            stack.enter_context(WorkdirLock(workdir))
+        stop = _StopFlag()
+        stop.install()
+        stack.callback(stop.uninstall)
+        if config.train.eval_every:
+            from rankseg_jax.evaluation import evaluate as evaluate_lib
+            evaluate_lib.check_ready(config)
+        mesh = sharding.make_mesh(config)
+        setup = ts.make_setup(config, mesh)
+        counter = input_pipeline.BadExampleCounter()
+        data_it = input_pipeline.make_train_iterator(config, counter=counter)
+        if hasattr(data_it, "close"):
+            stack.callback(data_it.close)
+        ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(workdir), config)
+        stack.callback(ckpt.close)  # waits for in-flight saves on every exit path
+        state, source = initial_state(setup, ckpt, data_it)
+        if jax.process_index() == 0:
+            # After the restore: a run refused for an incompatible checkpoint leaves the
+            # run's own config.json (which the refusal message compares against) in place.
+            serialization.save(config, workdir)
+        start = int(jax.device_get(state["step"]))
+        logger = MetricLogger(workdir, total_steps=config.train.steps, initial_step=start,
+                              enabled=jax.process_index() == 0)
+        stack.callback(logger.close)
+        logger.info(f"mesh {dict(mesh.shape)}; weights from {source}; starting at step {start}")
+        _warn_if_random_init(config, source, logger)
+        _warn_replicated(setup, mesh, logger)
+        result = _train(config, setup, state, start, data_it, counter, ckpt, logger, stop,
+                        workdir)
+        result["init"] = source
+        ckpt.wait_until_finished()
+        logger.info(_summary(config, result, ckpt))
+        return result
+
+
+def _warn_replicated(setup, mesh, logger) -> None:
     replicated = sharding.replicated_bytes_fraction(setup.abstract_state["params"],
                                                     setup.state_shardings["params"])
     if mesh.shape["fsdp"] * mesh.shape["tensor"] > 1 and replicated > 0.5:
@@ -171,66 +262,80 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str | os.PathLike) -> di
         logger.info(f"warning: {replicated:.0%} of parameter bytes are replicated on a "
                     f"{dict(mesh.shape)} mesh; check mesh.fsdp_min_size and the rules in "
                     "rankseg_jax/sharding.py")
+
+
+def _summary(config, result: dict, ckpt: checkpointing.Checkpointer) -> str:
+    """The end-of-run line: where it stopped, the last checkpoint, skipped examples."""
+    how = (f"stopped by {result['stopped_by']}" if result["stopped_by"]
+           else "finished")
+    text = (f"{how} at step {result['step']}; latest checkpoint: step "
+            f"{ckpt.latest_step()} in {ckpt.directory}")
+    if config.data.bad_example_policy == "skip":
+        text += (f"; {result['skipped_examples']} bad training examples skipped "
+                 "(data.bad_example_policy='skip')")
+    return text
+
+
+def _train(config, setup, state, start, data_it, counter, ckpt, logger, stop, workdir):
+    """The step loop from `start` to train.steps (or a stop request); returns the result."""
+    t = config.train
+    train_step = ts.make_train_step(setup)
     # A raw uint32 key assembled as a global array (device_put cannot target other
     # processes' devices).
     base_key = jax.make_array_from_process_local_data(
-        sharding.replicated(mesh), np.asarray(jax.random.PRNGKey(config.seed)))
-    batch_sh = sharding.batch_sharding(mesh)
-    stop = _StopFlag()
-    stop.install()
-    result = {"step": start, "train": None, "eval": None, "preempted": False, "init": source}
-    last_saved = ckpt.latest_step()
-    try:
-        tick, tick_step = time.perf_counter(), start
-        interval = None  # metrics summed on device since the last log line
-        for step in range(start, t.steps):
-            batch = input_pipeline.to_global(next(data_it), batch_sh)
-            state, metrics = train_step(state, batch, base_key)
-            interval = metrics if interval is None else jax.tree.map(jnp.add, interval,
-                                                                     metrics)
-            done = step + 1
-            last = done == t.steps
-            if t.check_finite_every and (done % t.check_finite_every == 0 or last):
-                if not float(jax.device_get(metrics["finite"])):
-                    raise TrainingDiverged(
-                        f"non-finite loss or gradients at step {done} "
-                        f"({ts.finalize_metrics(jax.device_get(metrics))}); training stopped. "
-                        f"The last good checkpoint is step {last_saved} in "
-                        f"{ckpt.directory}. Lower optim.lr, enable optim.clip_grad_norm, or "
-                        "check the data.")
-            if done % t.log_every == 0 or last:
-                # Means over the interval, not the last step's noisy values.
-                values = ts.finalize_metrics(jax.device_get(interval), done - tick_step)
-                interval = None
-                now = time.perf_counter()
-                dt = (now - tick) / max(done - tick_step, 1)
-                values.update(lr=optim.lr_at(config, step), step_time=dt,
-                              images_per_s=t.batch_size / dt)
-                logger.log_train(done, values, eta_s=dt * (t.steps - done))
-                result["train"], tick, tick_step = values, now, done
-            eval_metrics = None
-            if t.eval_every and (done % t.eval_every == 0 or last):
-                eval_metrics = _evaluate(config, setup, state["params"], workdir, done)
-                if eval_metrics is not None:
-                    logger.log_eval(done, eval_metrics)
-                    result["eval"] = eval_metrics
-            preempted = stop.set or ckpt.reached_preemption(done)
-            keep_best = t.keep_best and eval_metrics is not None and "mIoU" in eval_metrics
-            if ckpt.save(done, state, data_it,
-                         metrics={"mIoU": float(eval_metrics["mIoU"])} if keep_best else None,
-                         force=last or preempted or keep_best):
-                last_saved = done
-            logger.advance(done)
-            result["step"] = done
-            if preempted:
-                logger.info(f"preemption signal: saved step {done}, exiting cleanly")
-                result["preempted"] = True
-                break
-    finally:
-        ckpt.wait_until_finished()
-        ckpt.close()
-        stop.uninstall()
-        logger.close()
-        if hasattr(data_it, "close"):
-            data_it.close()
+        sharding.replicated(setup.mesh), np.asarray(jax.random.PRNGKey(config.seed)))
+    batch_sh = sharding.batch_sharding(setup.mesh)
+    skip_policy = config.data.bad_example_policy == "skip"
+    result = {"step": start, "train": None, "eval": None, "preempted": False,
+              "stopped_by": None, "skipped_examples": 0}
+    last_saved, last_checked = ckpt.latest_step(), start
+    tick, tick_step = time.perf_counter(), start
+    interval = None  # metrics summed on device since the last log line
+    for step in range(start, t.steps):
+        batch = input_pipeline.to_global(next(data_it), batch_sh)
+        state, metrics = train_step(state, batch, base_key)
+        interval = metrics if interval is None else jax.tree.map(jnp.add, interval, metrics)
+        done = step + 1
+        last = done == t.steps
+        if t.check_finite_every and (done % t.check_finite_every == 0 or last):
+            _verify_applied(state, done, last_checked, last_saved, ckpt, metrics)
+            last_checked = done
+        result["skipped_examples"] = counter.count
+        if done % t.log_every == 0 or last:
+            # Means over the interval, not the last step's noisy values.
+            values = ts.finalize_metrics(jax.device_get(interval), done - tick_step)
+            interval = None
+            now = time.perf_counter()
+            dt = (now - tick) / max(done - tick_step, 1)
+            values.update(lr=optim.lr_at(config, step), step_time=dt,
+                          images_per_s=t.batch_size / dt)
+            if skip_policy:  # since this process started (not part of the checkpoint)
+                values["skipped_examples"] = counter.count
+            logger.log_train(done, values, eta_s=dt * (t.steps - done))
+            result["train"], tick, tick_step = values, now, done
+        evaluating = bool(t.eval_every) and (done % t.eval_every == 0 or last)
+        preempted = stop.set or ckpt.reached_preemption(done)
+        # Save before evaluating, so an evaluation that fails or is killed costs nothing.
+        if last or preempted or evaluating or ckpt.should_save(done):
+            _verify_applied(state, done, last_checked, last_saved, ckpt, metrics)
+            last_checked = done
+            ckpt.save(done, state, data_it, force=True)
+            last_saved = done
+        if evaluating:
+            eval_metrics = _evaluate_or_report(config, setup, state["params"], workdir, done,
+                                               logger)
+            if eval_metrics is not None:
+                logger.log_eval(done, eval_metrics)
+                result["eval"] = eval_metrics
+                if t.keep_best and "mIoU" in eval_metrics:
+                    ckpt.record_score(done, float(eval_metrics["mIoU"]))
+            preempted = preempted or stop.set  # asked during evaluation: already saved
+        logger.advance(done)
+        result["step"] = done
+        if preempted:
+            result["preempted"] = True
+            result["stopped_by"] = stop.name or "preemption"
+            logger.info(f"{result['stopped_by']}: saved step {done}, exiting cleanly; run "
+                        "the same command to resume")
+            break
     return result

@@ -1,7 +1,7 @@
-"""Optimizer: optax SGD/AdamW, mmcv poly schedule, official parameter-wise weight decay.
+"""Optimizer: optax SGD/AdamW, poly schedule, official parameter-wise lr and weight decay.
 
-Official recipe (the `segmenter-ori_*` configs, mmcv 1.3 runner): torch SGD(lr 1e-3,
-momentum 0.9) with coupled L2
+Segmenter's official recipe (the `segmenter-ori_*` configs, mmcv 1.3 runner): torch SGD(lr
+1e-3, momentum 0.9) with coupled L2
 (g <- g + wd * theta before the momentum buffer), mmcv `poly` by iteration
 
     lr(it) = (base - min) * (1 - it / max_iters) ** power + min,   it = 0 .. max_iters - 1,
@@ -10,10 +10,24 @@ no clipping, and per-parameter decay multipliers chosen by mmcv's `custom_keys` 
 substrings of the *official* parameter name, tried longest first (ties alphabetical), first
 match wins. We resolve that rule once on the host through `convert.mmseg.official_names`,
 so the decay of every parameter is a plain float baked into the update.
+
+Mask2Former's (`train_net.py:275-357`): torch AdamW(lr 1e-4, betas (0.9, 0.999), eps 1e-8,
+decoupled decay 0.05), detectron2's WarmupPolyLR without warmup, lr(it) = base *
+(1 - it / max_iter) ** 0.9 per iteration (`projects/DeepLab/deeplab/lr_scheduler.py:17-62`;
+POLY_LR_CONSTANT_ENDING 0: the poly formula above with min 0), full-model gradient clipping
+at norm 0.01 with torch `clip_grad_norm_`'s coefficient min(1, max / (norm + 1e-6)), and
+per-parameter groups expressed as rules on OUR parameter paths (`param_groups`):
+`optim.backbone_lr_mult` / `optim.ml_head_lr_mult` on `backbone.*` / `ml_head.*`, weight
+decay 0 on the paths matching `optim.no_decay_paths` (`config/variants.py`
+MASK2FORMER_NO_DECAY: every LayerNorm / GroupNorm, the decoder's nn.Embeddings, Swin's
+relative-position tables, and RankSeg's `ml_head.cls_emb`; see docs/training.md for the two
+places where this differs from or follows the official groups). A group's lr multiplier
+scales its whole update, decoupled decay included, as a torch param group's lr does.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -50,14 +64,20 @@ def linear_warmup_factors(warmup_steps: int, ratio: float) -> np.ndarray:
 def learning_rate_schedule(config: mlc.ConfigDict) -> optax.Schedule:
     """lr as a function of the iteration (0-based), from `config.optim` and `train.steps`.
 
-    poly: `optax.polynomial_schedule` is exactly mmcv's formula (count clipped at max).
+    poly: mmcv's formula (count clipped at max; detectron2's WarmupPolyLR with min 0), with
+    the remaining fraction computed as (steps - it) / steps from the exact integer difference:
+    float32 `1 - it / steps` (optax's `polynomial_schedule`) loses the last iterations' lr
+    to cancellation (0.1% off at it = steps - 1 for 160k steps).
     Optional mmcv-style linear warmup multiplies it for the first `optim.warmup_steps`
     iterations by `linear_warmup_factors` (a host table, looked up by iteration).
     """
     o = config.optim
     if o.schedule == "poly":
-        base = optax.polynomial_schedule(init_value=o.lr, end_value=o.min_lr, power=o.power,
-                                         transition_steps=config.train.steps)
+        steps = config.train.steps
+
+        def base(count):
+            left = (steps - jnp.clip(count, 0, steps)).astype(jnp.float32) / steps
+            return (o.lr - o.min_lr) * left ** o.power + o.min_lr
     elif o.schedule == "constant":
         base = optax.constant_schedule(o.lr)
     else:
@@ -90,26 +110,51 @@ def decay_multiplier(name: str, decay_mult: Any) -> float:
     return 1.0
 
 
+def dotted(path: tuple) -> str:
+    """('backbone', 'norm0', 'scale') -> 'backbone.norm0.scale' (the rule strings' form)."""
+    return ".".join(map(str, path))
+
+
 def decay_table(config: mlc.ConfigDict, params) -> dict[tuple, float]:
     """{our path: weight decay} for every leaf of `params` (a pure nested dict).
 
-    Paths with an official name use the official name; parameters without one (none in the
-    current model, but possible in ablations added later) fall back to their '.'-joined path,
-    so a multiplier key still applies to them.
+    wd * the `optim.decay_mult` multiplier of the parameter's official mmseg name (Segmenter;
+    parameters without one, and every Mask2Former parameter, use the '.'-joined path), then 0
+    for the paths matching a regex of `optim.no_decay_paths` (re.search).
     """
-    names = mmseg.official_names(config)
-    wd = float(config.optim.weight_decay)
+    o = config.optim
+    names = mmseg.official_names(config) if config.model.arch == "segmenter" else {}
+    no_decay = [re.compile(r) for r in o.no_decay_paths]
+    wd = float(o.weight_decay)
     table = {}
     for path, _ in param_paths.flatten(params):
-        name = names.get(path, ".".join(map(str, path)))
-        table[path] = wd * decay_multiplier(name, config.optim.decay_mult)
+        name = dotted(path)
+        mult = decay_multiplier(names.get(path, name), o.decay_mult)
+        table[path] = 0.0 if any(r.search(name) for r in no_decay) else wd * mult
     return table
 
 
-def _decay_tree(config: mlc.ConfigDict, params):
-    table = decay_table(config, params)
+def lr_mult_table(config: mlc.ConfigDict, params) -> dict[tuple, float]:
+    """{our path: learning-rate multiplier}: `optim.backbone_lr_mult` under `backbone`,
+    `optim.ml_head_lr_mult` under `ml_head` (RankSeg's Mask2Former head), 1 elsewhere."""
+    o = config.optim
+    mults = {"backbone": float(o.backbone_lr_mult), "ml_head": float(o.ml_head_lr_mult)}
+    return {path: mults.get(path[0], 1.0) for path, _ in param_paths.flatten(params)}
+
+
+def param_groups(config: mlc.ConfigDict, params) -> dict[tuple, tuple[float, float]]:
+    """{our path: (lr multiplier, weight decay)}: the torch param group of every parameter."""
+    lr, wd = lr_mult_table(config, params), decay_table(config, params)
+    return {path: (lr[path], wd[path]) for path in lr}
+
+
+def _as_tree(table: dict, params):
     return jax.tree_util.tree_map_with_path(
         lambda kp, _: table[param_paths.key_path_tuple(kp)], params)
+
+
+def _decay_tree(config: mlc.ConfigDict, params):
+    return _as_tree(decay_table(config, params), params)
 
 
 def add_decayed_weights_tree(decay_tree) -> optax.GradientTransformation:
@@ -129,21 +174,47 @@ def add_decayed_weights_tree(decay_tree) -> optax.GradientTransformation:
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+def scale_tree(scale_tree_) -> optax.GradientTransformation:
+    """u <- s * u with a per-leaf python-float s (leaves with s == 1 are left alone)."""
+
+    def update_fn(updates, state, params=None):
+        del params
+        return jax.tree.map(lambda u, m: u if m == 1.0 else u * m, updates, scale_tree_), state
+
+    return optax.GradientTransformation(lambda p: optax.EmptyState(), update_fn)
+
+
+def clip_by_global_norm_torch(max_norm: float) -> optax.GradientTransformation:
+    """torch `clip_grad_norm_(params, max_norm)`: g <- g * min(1, max_norm / (||g|| + 1e-6)),
+    ||g|| the global L2 norm (float32). (optax's clip uses max_norm / ||g|| without the 1e-6
+    and leaves norms below max_norm untouched.)"""
+
+    def update_fn(updates, state, params=None):
+        del params
+        coef = jnp.minimum(1.0, max_norm / (tree_norm(updates) + 1e-6))
+        return jax.tree.map(lambda g: g * coef.astype(g.dtype), updates), state
+
+    return optax.GradientTransformation(lambda p: optax.EmptyState(), update_fn)
+
+
 # --------------------------------------------------------------------------- optimizer
 
 
 def make_optimizer(config: mlc.ConfigDict, params) -> optax.GradientTransformation:
     """The optax transformation for `params` (pure nested dict; only shapes/paths are used).
 
-    sgd:   [clip] -> coupled L2 (per-param wd) -> trace(momentum) -> -lr   (torch SGD)
-    adamw: [clip] -> adam moments -> decoupled wd (per-param, times lr) -> -lr
+    sgd:   [clip] -> coupled L2 (per-param wd) -> trace(momentum) -> -lr -> [lr mult]
+    adamw: [clip] -> adam moments -> decoupled wd (per-param) -> -lr -> [lr mult]
+    (torch SGD / AdamW with one param group per distinct (lr multiplier, wd); the multiplier
+    is applied last, which is the same linear map, so configs without multipliers keep the
+    optimizer-state layout of their checkpoints).
     """
     o = config.optim
     schedule = learning_rate_schedule(config)
     decay = _decay_tree(config, params)
     parts = []
     if o.clip_grad_norm > 0:
-        parts.append(optax.clip_by_global_norm(o.clip_grad_norm))
+        parts.append(clip_by_global_norm_torch(o.clip_grad_norm))
     if o.name == "sgd":
         parts.append(add_decayed_weights_tree(decay))
         parts.append(optax.sgd(schedule, momentum=o.momentum or None))
@@ -153,6 +224,9 @@ def make_optimizer(config: mlc.ConfigDict, params) -> optax.GradientTransformati
         parts.append(optax.scale_by_learning_rate(schedule))
     else:
         raise ValueError(f"optim.name={o.name!r} is not one of {OPTIMIZERS}")
+    lr_mults = lr_mult_table(config, params)
+    if any(m != 1.0 for m in lr_mults.values()):
+        parts.append(scale_tree(_as_tree(lr_mults, params)))
     return optax.chain(*parts)
 
 

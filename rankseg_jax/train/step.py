@@ -26,7 +26,7 @@ from rankseg_jax import checkpointing, models, sharding
 from rankseg_jax.evaluation import multilabel as multilabel_metrics
 from rankseg_jax.rankseg import ranking
 from rankseg_jax.train import losses as losses_lib
-from rankseg_jax.train import optim
+from rankseg_jax.train import optim, tasks
 
 
 @dataclasses.dataclass
@@ -87,7 +87,8 @@ def model_from_params(setup: TrainSetup, params) -> nnx.Module:
 
 
 def _loss_and_metrics(setup: TrainSetup, params, images, labels, rng):
-    """Loss and per-batch sums of the logged metrics for one (micro-)batch."""
+    """Segmenter: loss and per-batch sums of the logged metrics for one (micro-)batch
+    (the other hosts' losses: `train/tasks.py`)."""
     config = setup.config
     info_k = config.model.num_classes
     model = nnx.merge(setup.graphdef, params)
@@ -111,37 +112,41 @@ def _loss_and_metrics(setup: TrainSetup, params, images, labels, rng):
 def make_train_step(setup: TrainSetup) -> Callable:
     """The jitted step: (state, batch, base_key) -> (state, metrics).
 
-    batch: {'image': float32 [B,H,W,3], 'label': int32 [B,H,W]} global arrays sharded over
-    ('data','fsdp'). base_key: the run's PRNG key; the step's dropout key is
-    fold_in(base_key, step), so a step is a pure function of (state, batch) and resume is
-    exact. With train.grad_accum = A the batch is split into A micro-batches of B/A (strided,
-    so each device keeps its own rows) and gradients are averaged in a `lax.scan`.
-    A non-finite loss or gradient leaves the state unchanged and reports finite=0.
+    batch: the `tasks.batch_keys(config)` global arrays sharded over ('data','fsdp'):
+    {'image': float32 [B,H,W,3], 'label': int32 [B,H,W]} for Segmenter, plus the
+    mask-classification targets for Mask2Former. base_key: the run's PRNG key; the step's
+    dropout key is fold_in(base_key, step), so a step is a pure function of (state, batch)
+    and resume is exact. The loss is `tasks.loss_fn(config)`. With train.grad_accum = A the
+    batch is split into A micro-batches of B/A (strided, so each device keeps its own rows)
+    and gradients are averaged in a `lax.scan`.
+    A non-finite loss, gradient or updated state (parameters, optimizer moments) leaves the
+    state unchanged, step counter included, and reports finite=0: the state only ever holds
+    finite values and `state['step']` counts the steps actually applied.
     The state argument is donated.
     """
     config, mesh = setup.config, setup.mesh
     accum = config.train.grad_accum
-    grad_fn = jax.value_and_grad(
-        lambda p, x, y, r: _loss_and_metrics(setup, p, x, y, r), has_aux=True)
+    loss_fn = tasks.loss_fn(config)
+    grad_fn = jax.value_and_grad(lambda p, b, r: loss_fn(setup, p, b, r), has_aux=True)
     micro_sharding = NamedSharding(mesh, P(None, sharding.BATCH_AXES))
 
     def grads_and_aux(params, batch, rng):
-        images, labels = batch["image"], batch["label"]
         if accum == 1:
-            (_, aux), grads = grad_fn(params, images, labels, rng)
+            (_, aux), grads = grad_fn(params, batch, rng)
             return grads, aux
 
         def split(x):
             x = x.reshape(x.shape[0] // accum, accum, *x.shape[1:])
             return jax.lax.with_sharding_constraint(jnp.swapaxes(x, 0, 1), micro_sharding)
 
-        xs = (jnp.arange(accum), split(images), split(labels))
-        zero = jax.eval_shape(lambda: grad_fn(params, xs[1][0], xs[2][0], rng))
+        xs = (jnp.arange(accum), {k: split(v) for k, v in batch.items()})
+        first = jax.tree.map(lambda v: v[0], xs[1])
+        zero = jax.eval_shape(lambda: grad_fn(params, first, rng))
         zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (zero[1], zero[0][1]))
 
         def body(carry, inp):
-            i, x, y = inp
-            (_, aux), g = grad_fn(params, x, y, jax.random.fold_in(rng, i))
+            i, micro = inp
+            (_, aux), g = grad_fn(params, micro, jax.random.fold_in(rng, i))
             return jax.tree.map(jnp.add, carry, (g, aux)), None
 
         (grads, aux), _ = jax.lax.scan(body, zero, xs)
@@ -157,7 +162,10 @@ def make_train_step(setup: TrainSetup) -> Callable:
         updates, opt_state = setup.tx.update(grads, state["opt_state"], params)
         new_params = optax.apply_updates(params, updates)
         grad_norm = optim.tree_norm(grads)
-        finite = jnp.isfinite(aux["loss"]) & jnp.isfinite(grad_norm)
+        # The result is checked too: a finite gradient can still give a non-finite update
+        # (a NaN/Inf learning rate or multiplier, an overflowing moment).
+        finite = (jnp.isfinite(aux["loss"]) & jnp.isfinite(grad_norm)
+                  & _all_finite(new_params) & _all_finite(opt_state))
         new = {"step": state["step"] + 1, "params": new_params, "opt_state": opt_state}
         # Keep the last good state in memory if this step blew up (the loop then stops).
         new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
@@ -167,12 +175,18 @@ def make_train_step(setup: TrainSetup) -> Callable:
         return new, metrics
 
     repl = sharding.replicated(mesh)
-    batch_sh = sharding.batch_sharding(mesh)
+    batch_sh = {k: sharding.batch_sharding(mesh) for k in tasks.batch_keys(config)}
     return jax.jit(step_fn,
-                   in_shardings=(setup.state_shardings, {"image": batch_sh, "label": batch_sh},
-                                 repl),
+                   in_shardings=(setup.state_shardings, batch_sh, repl),
                    out_shardings=(setup.state_shardings, repl),
                    donate_argnums=(0,))
+
+
+def _all_finite(tree) -> jax.Array:
+    """True iff every element of every floating-point leaf is finite (a bool scalar)."""
+    checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+              if jnp.issubdtype(x.dtype, jnp.floating)]
+    return jnp.all(jnp.stack(checks)) if checks else jnp.bool_(True)
 
 
 def finalize_metrics(raw: dict, steps: int = 1) -> dict:

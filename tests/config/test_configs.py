@@ -104,8 +104,47 @@ def test_mask2former_official_settings():
     pan = ade20k_panoptic.get_config()
     assert (pan.model.mask2former.num_queries, pan.model.mask2former.panoptic_on) == (200, True)
     smoke = ade20k_panoptic.get_config("rankseg,smoke")
-    assert smoke.data.name == "synthetic" and smoke.model.num_classes == 150
+    assert smoke.data.name == "synthetic_panoptic" and smoke.model.num_classes == 150
+    assert smoke.data.synthetic.num_things == 100  # ADE20K panoptic: 100 things + 50 stuff
     config_lib.validate(smoke, num_devices=1, process_count=1)  # files checked: none needed
+    assert ade20k_mask2former.get_config("smoke").data.name == "synthetic"
+    # Training (train_net.py, the mappers): groups, schedule, clip, data.
+    o, d = c.optim, c.data
+    assert (o.backbone_lr_mult, o.ml_head_lr_mult, rs.optim.ml_head_lr_mult) == (0.1, 1.0, 0.1)
+    assert (o.power, o.min_lr, o.warmup_steps, o.b1, o.b2, o.eps) == (
+        0.9, 0.0, 0, 0.9, 0.999, 1e-8)
+    assert o.decay_mult == () and r"^ml_head\.cls_emb$" in o.no_decay_paths
+    assert d.min_size_train == tuple(range(320, 1281, 64)) and d.max_size_train == 2560
+    assert (d.crop_size, d.cat_max_ratio, d.max_targets, pan.data.max_targets) == (
+        (640, 640), 1.0, 100, 200)
+    assert (pan.data.name, c.data.name) == ("ade20k_panoptic", "ade20k")
+    lm = c.loss.mask2former
+    assert (lm.class_weight, lm.mask_weight, lm.dice_weight, lm.no_object_weight,
+            lm.num_points, lm.oversample_ratio, lm.importance_ratio) == (
+        2.0, 5.0, 5.0, 0.1, 12544, 3.0, 0.75)
+
+
+def test_mask2former_training_config_errors():
+    def fails(match, variant="smoke", config=ade20k_mask2former, **changes):
+        c = config.get_config(variant)
+        for key, value in changes.items():
+            node = c
+            *parents, leaf = key.split("__")
+            for part in parents:
+                node = node[part]
+            node[leaf] = value
+        with pytest.raises(config_lib.ConfigError, match=match):
+            config_lib.validate(c, check_files=False, num_devices=1, process_count=1)
+
+    fails(r"data\.max_targets=11 must be in \[1, model\.mask2former\.num_queries=10\]",
+          data__max_targets=11)
+    fails(r"data\.min_size_train", data__min_size_train=())
+    fails(r"loss\.mask2former\.num_points", loss__mask2former__num_points=0)
+    fails(r"loss\.mask2former\.importance_ratio", loss__mask2former__importance_ratio=1.5)
+    fails(r"loss\.img_type='bce'", variant="rankseg,smoke", loss__img_type="bce")
+    fails(r"data\.synthetic\.num_things=150", config=ade20k_panoptic,
+          data__synthetic__num_things=150)
+    fails(r"optim\.clip_grad_norm", optim__clip_grad_norm=-1.0)
 
 
 def test_mask2former_config_errors():
@@ -139,7 +178,7 @@ def test_mask2former_config_errors():
         ade20k_mask2former.get_config("rankseg,gt")
     with pytest.raises(config_lib.ConfigError, match="unknown config variant 'vit_l'"):
         ade20k_mask2former.get_config("vit_l")
-    with pytest.raises(config_lib.ConfigError, match="panoptic annotations"):
+    with pytest.raises(config_lib.ConfigError, match=r"data.root=.* does not exist"):
         config_lib.validate(ade20k_panoptic.get_config(), num_devices=1, process_count=1)
 
 

@@ -21,7 +21,8 @@ from rankseg_jax.data.sources import (
     FolderSource,
 )
 
-REAL = [n for n in datasets.DATASETS if n != "synthetic" and n not in datasets.PANOPTIC_DATASETS]
+REAL = [n for n in datasets.DATASETS
+        if n not in datasets.SYNTHETIC_DATASETS and n not in datasets.PANOPTIC_DATASETS]
 
 
 # --------------------------------------------------------------------------- registry

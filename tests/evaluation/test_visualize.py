@@ -19,7 +19,8 @@ def _info(k=48):
 
 @pytest.mark.parametrize("name", registry.DATASETS)
 def test_registry_palettes_are_distinct(name):
-    info = registry.get_dataset_info(name, num_classes=48 if name == "synthetic" else None)
+    info = registry.get_dataset_info(
+        name, num_classes=48 if name in registry.SYNTHETIC_DATASETS else None)
     k, pal = info.num_classes, info.palette
     assert pal.shape == (k, 3) and pal.dtype == np.uint8
     assert len({tuple(c) for c in pal}) == k

@@ -54,3 +54,18 @@ def test_eval_and_predict_modes(tmp_path):
     assert labels.mode == "P" and np.asarray(labels).shape == (70, 90)
     assert np.asarray(labels).max() < 150
     assert "ground truth used for 1 of 1 image(s)" in log and "b.png" in log
+
+
+@pytest.mark.parametrize("config", ["configs/ade20k_panoptic.py:smoke",
+                                    "configs/ade20k_mask2former.py:rankseg,smoke"])
+def test_mask2former_smoke_configs_train(tmp_path, config):
+    """Mask2Former (panoptic on synthetic_panoptic, RankSeg semantic on synthetic) trains
+    through the same main.py / loop / checkpoints as Segmenter (its :smoke evaluates nothing
+    yet: train.eval_every = 0)."""
+    _main(f"--config={config}", f"--workdir={tmp_path}", timeout=900)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r.get("split") == "train"]
+    assert train[-1]["step"] == 4 and all(r["finite"] == 1.0 for r in train)
+    assert {"loss_ce", "loss_mask", "loss_dice", "loss_aux", "num_masks"} <= set(train[-1])
+    assert ("loss_ml" in train[-1]) == ("rankseg" in config)
+    assert (tmp_path / "checkpoints" / "4").is_dir()

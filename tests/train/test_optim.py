@@ -60,9 +60,9 @@ def test_warmup_ratio_is_validated():
     for bad in (0.0, 1.5):
         c.optim.warmup_ratio = bad
         with pytest.raises(config_lib.ConfigError, match="optim.warmup_ratio"):
-            validation.validate_optim(c)
+            validation.validate_numbers(c)
     c.optim.warmup_ratio = 1.0
-    validation.validate_optim(c)
+    validation.validate_numbers(c)
 
 
 def test_rankseg_weight_decay_groups_official():

@@ -41,7 +41,8 @@ def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_path, monkeypatch
         return real(batch, sharding_)
 
     monkeypatch.setattr(input_pipeline, "to_global", poisoned)
-    with pytest.raises(train.TrainingDiverged, match="non-finite loss or gradients at step 2"):
+    with pytest.raises(train.TrainingDiverged,
+                       match="non-finite loss, gradients or parameters at step 2"):
         train.train_and_evaluate(c, tmp_path)
     steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert steps == [1]
