@@ -53,49 +53,66 @@ def test_jobs_and_resume(tmp_path, monkeypatch):
     quick, default, full = (study.jobs(g, [0]) for g in study.GRIDS)
     assert len(quick) < len(default) < len(full)
     names = [r.name for r, _, _ in default]
-    assert "k847_baseline" in names and "k847_oracle_train_eval" not in names
+    assert "k150_long_baseline" in names and "k847_long_baseline" not in names
+    assert "k847_long_baseline" in [r.name for r, _, _ in full]
     # Oracle-at-eval rows are written by their RankSeg job, never trained on their own.
-    row, _, outputs = next(j for j in default if j[0].name == "k150_rankseg")
-    assert [o.name for o in outputs] == ["k150_rankseg", "k150_oracle_eval"]
+    row, _, outputs = next(j for j in default if j[0].name == "k150_long_rankseg")
+    assert [o.name for o in outputs] == ["k150_long_rankseg", "k150_long_oracle_eval"]
     assert all(not r.from_row for r, _, _ in full)
     assert study.missing(outputs, 0) == outputs
-    (tmp_path / "k150_rankseg_seed0.json").write_text("{}")
-    assert [o.name for o in study.missing(outputs, 0)] == ["k150_oracle_eval"]
-    # K ascending, then seed: every seed of the cheap K before the costly K starts.
-    two = study.jobs("default", [0, 1])
-    order = [(r.phase, s) for r, s, _ in two]
-    assert order == sorted(order) and (two[-1][0].k, two[-1][1]) == (847, 1)
-    assert two[0][0].phase == 0 and not two[0][0].long
+    (tmp_path / "k150_long_rankseg_seed0.json").write_text("{}")
+    assert [o.name for o in study.missing(outputs, 0)] == ["k150_long_oracle_eval"]
+    # Phase, then seed: the cheap phase complete before the costly one starts; rows limited
+    # to some seeds below the full grid (the 600-step K = 150 rows, the train+eval oracle at
+    # 2400 steps: seed 0) run every seed in the full grid.
+    three = study.jobs("default", [0, 1, 2])
+    order = [(r.phase, s) for r, s, _ in three]
+    assert order == sorted(order) and three[0][0].phase == 0 and not three[0][0].long
+    assert [(r.name, s) for r, s, _ in three if r.phase == 1] == [
+        ("k150_long_baseline", 0), ("k150_long_rankseg", 0), ("k150_long_oracle_train_eval", 0),
+        ("k150_long_baseline", 1), ("k150_long_rankseg", 1),
+        ("k150_long_baseline", 2), ("k150_long_rankseg", 2)]
+    assert [s for r, s, _ in three if r.name == "k150_baseline"] == [0]
+    assert [s for r, s, _ in study.jobs("full", [0, 1, 2]) if r.name == "k150_baseline"] == [
+        0, 1, 2]
+    exp = study.expected("default", [0, 1, 2])
+    assert (study.BY_NAME["k150_oracle_eval"], 0) in exp
+    assert (study.BY_NAME["k150_oracle_eval"], 1) not in exp
 
 
 def _result(row, seed, miou, **ml):
     return {"row": row, "seed": seed, "K": int(row[1:].split("_")[0]), "kappa": 50,
-            "steps": 600, "commit": "abc", "jax": "x", "cpu_count": 2, "date": "d",
+            "steps": 2400, "commit": "abc", "jax": "x", "cpu_count": 2, "date": "d",
             "command": "python main.py ...", "train_seconds": 60.0,
             "metrics": {"mIoU": miou, "mAcc": miou, "aAcc": miou, **ml}}
 
 
 def test_report_aggregates_and_applies_the_decision_rule(tmp_path):
-    rows = [r for r in study.ROWS if r.prefix == "k150"]
-    values = {"k150_baseline": (0.10, 0.12, 0.11), "k150_rankseg": (0.20, 0.21, 0.23),
-              "k150_oracle_eval": (0.10, 0.14, 0.09)}
+    rows = [r for r in study.ROWS if r.prefix == "k150_long" and r.grid != "full"]
+    values = {"k150_long_baseline": (0.10, 0.12, 0.11),
+              "k150_long_rankseg": (0.20, 0.21, 0.23),
+              "k150_long_oracle_eval": (0.10, 0.14, 0.09)}
     for name, per_seed in values.items():
         for seed, v in enumerate(per_seed):
-            ml = {} if name == "k150_baseline" else {"img_recall": 0.5, "img_AP": 0.4,
+            ml = {} if name == "k150_long_baseline" else {"img_recall": 0.5, "img_AP": 0.4,
                                                      "img_precision": 0.1, "pixel_recall": 0.6}
             (tmp_path / f"{name}_seed{seed}.json").write_text(json.dumps(_result(name, seed, v,
                                                                                  **ml)))
-    doc = study_report.write_report(rows, str(tmp_path), [0, 1, 2],
+    expected = [(r, s) for r in rows for s in (0, 1, 2)
+                if r.kind != "oracle_train_eval" or s == 0]
+    doc = study_report.write_report(rows, str(tmp_path), [0, 1, 2], expected,
                                     doc=str(tmp_path / "doc.md"),
                                     plot_path=str(tmp_path / "plot.png"))
     text = open(doc).read()
     # RankSeg - baseline: +10, +9, +12 -> mean 10.3, std 1.5, t = 11.8 > 4.30.
-    assert "| K=150 (600 steps): RankSeg > baseline (Table 1) | 10.3 ± 1.5 (3 seeds) | yes, " \
+    assert "| K=150 (2400 steps): RankSeg > baseline (Table 1) | 10.3 ± 1.5 (3 seeds) | yes, " \
         "beyond noise" in text
     # Oracle - RankSeg: -10, -7, -14: opposite sign, t = 5.0.
-    assert ("(600 steps): oracle (GT at eval) > RankSeg (paper Fig. 3: +17 to +27) | "
+    assert ("(2400 steps): oracle (GT at eval) > RankSeg (paper Fig. 3: +17 to +27) | "
             "-10.3 ± 3.5 (3 seeds) | **opposite**, beyond noise (t = 5.1)") in text
     assert "| Segmenter baseline | `baseline` | 50 | **11.0 ± 1.0** | – |" in text
     assert (tmp_path / "plot.png").stat().st_size > 1000
-    assert "`k150_mt` (0)" in text  # rows without every seed are named
+    # The grid's missing results are named (the rows outside it are not).
+    assert "Not run (budget): `k150_long_oracle_train_eval` (seeds 0)." in text
+    assert "3 seeds of 10" not in text and "9 of the grid's 10 result files" in text
     assert study_report.verdict([1.0, -1.0, 0.5]).startswith("within noise")
