@@ -84,14 +84,16 @@ K = 150): see "Decisions, in order" below.
    longer (2400 steps). The benchmark itself (data, model, metric) was not changed; the
    schedule was, for the stated reason (600 steps measure how fast a from-scratch model
    starts, not what ranking does), and knowing that RankSeg had lost at 600 steps.
-4. (this grid, before any 2400-step result) The CPU budget (~60 min of runs on a machine
-   loaded 2-3x: ~25 min per 2400-step run) cannot hold 3 seeds of every row: fewer rows at
-   more steps rather than many rows at the floor. The "default" grid keeps the runs of step
-   2 and runs K = 150 at 2400 steps in the order baseline, RankSeg (+ oracle at eval on its
-   weights), oracle at train+eval (seed 0 only), then seeds 1 and 2 of baseline and RankSeg,
-   until the budget ends; the rows not run are named at the top. The 600-step K = 150
-   ablations (+MT, +MT+LS, κ sweep, first planned for the quick grid) and K = 847 moved to the
-   "full" grid at 2400 steps (a GPU or a larger budget); none of them had been run.
+4. (commit dd64901, before any 2400-step result) The CPU budget (~60 min of runs on a
+   machine loaded 2-3x and more: a 2400-step K = 150 run takes 25-30 min there) cannot hold
+   3 seeds of every row, and fewer rows at more steps beat many rows at the floor. The
+   "default" grid keeps the runs of step 2 and adds K = 150 at 2400 steps: baseline, RankSeg
+   (+ the oracle at eval on its weights) and the oracle at train+eval (seed 0), 3 seeds of
+   baseline and RankSeg. Run here, in this order, until the budget ended: seed 0 of the
+   baseline, seed 0 of RankSeg, then the cheap K = 48 oracle at train+eval seed 2 (600 steps)
+   that completes its row; the rest of the grid is named at the top as not run. The 600-step
+   K = 150 ablations (+MT, +MT+LS, κ sweep, first planned in the quick grid) and K = 847
+   moved to the "full" grid at 2400 steps (a GPU or a larger budget); none had been run.
 """
 
 
