@@ -116,3 +116,19 @@ def test_report_aggregates_and_applies_the_decision_rule(tmp_path):
     assert "Not run (budget): `k150_long_oracle_train_eval` (seeds 0)." in text
     assert "3 seeds of 10" not in text and "9 of the grid's 10 result files" in text
     assert study_report.verdict([1.0, -1.0, 0.5]).startswith("within noise")
+
+
+def test_growth_with_k_needs_two_seeds_per_k(tmp_path):
+    rows = [r for r in study.ROWS if r.prefix in ("k48", "k150")]
+    seeds = {"k48": (0, 1, 2), "k150": (0,)}
+    for name, v in (("baseline", 0.10), ("rankseg", 0.08)):
+        for prefix, ss in seeds.items():
+            for seed in ss:
+                row = f"{prefix}_{name}"
+                (tmp_path / f"{row}_seed{seed}.json").write_text(
+                    json.dumps(_result(row, seed, v + 0.01 * seed)))
+    text = open(study_report.write_report(rows, str(tmp_path), [0, 1, 2],
+                                          doc=str(tmp_path / "doc.md"),
+                                          plot_path=str(tmp_path / "p.png"))).read()
+    assert "K=48: -2.0 (n=3), K=150: -2.0 (n=1) | no verdict (fewer than 2 seeds " \
+        "at K=150) |" in text
