@@ -253,6 +253,9 @@ def base_config() -> mlc.ConfigDict:
     t.keep_best = True  # also keep the checkpoint with the best val mIoU
     t.async_checkpointing = True
     t.check_finite_every = 1  # host check of loss/grad finiteness every N steps (0 = never)
+    # (start, stop): write a jax.profiler trace of steps start..stop-1 (0-based, this run's
+    # step numbers) to <workdir>/profile; () = no profile. CLI: --profile=START:STOP.
+    t.profile_steps = ()
 
     # ------------------------------------------------------------------ optimizer
     c.optim = o = mlc.ConfigDict()
