@@ -86,7 +86,7 @@ def base_config() -> mlc.ConfigDict:
     # bicubic) at run time to the input's grid when the grid differs.
     b.img_size = (512, 512)
     b.qkv_bias = True  # bias on the q/k/v projections
-    b.drop_rate = 0.0  # dropout after the position embedding and in the MLP
+    b.drop_rate = 0.0  # dropout after the position embedding and in the blocks
     b.attn_drop_rate = 0.0  # dropout on the attention weights
     b.drop_path_rate = 0.1  # stochastic depth, linear over the blocks
     b.final_norm = True  # LayerNorm after the last block
@@ -247,7 +247,7 @@ def base_config() -> mlc.ConfigDict:
     t.batch_size = 8  # global batch
     t.grad_accum = 1  # micro-batches per step (the global batch is split, not multiplied)
     t.log_every = 50  # steps between log lines / metrics.jsonl records
-    t.eval_every = 16_000  # steps between evaluations (0 = none; the last step evaluates)
+    t.eval_every = 16_000  # steps between evaluations (0 = never; else the last step evaluates too)
     t.ckpt_every = 16_000  # steps between checkpoints (the last step always saves)
     t.keep_checkpoints = 3  # the newest N checkpoints are kept
     t.keep_best = True  # also keep the checkpoint with the best val mIoU
