@@ -16,13 +16,16 @@ from __future__ import annotations
 __version__ = "0.2.0"
 
 
-def load_model(source, config=None, *, mesh=None):
+def load_model(source, config=None, *, mesh=None, step=None):
     """A model with weights, ready for inference: returns (config, model).
 
-    source: a run directory (or its checkpoints/ dir; latest step), a params-only directory,
-      or a checkpoint file any converter reads (official `.pth`, timm, AugReg `.npz`, ...).
+    source: a run directory (or its checkpoints/ dir; local or gs://...), a params-only
+      directory, or a checkpoint file any converter reads (official `.pth`, timm, AugReg
+      `.npz`, ...).
     config: the model's config; default: the `config.json` saved in the run directory.
     mesh: where to place the params (default: the config's mesh over all devices).
+    step: for a run directory: None / 'latest' (newest intact step), 'best' (best val mIoU,
+      from checkpoints/scores.json) or a step number.
     """
     import jax
 
@@ -35,7 +38,8 @@ def load_model(source, config=None, *, mesh=None):
     graphdef, abstract = models.abstract_model(config)
     abstract, _ = sharding.with_shardings(abstract, mesh, config)
     params, _ = checkpointing.resolve_params(
-        source, config, abstract, fresh_params=lambda: jax.device_get(models.init_params(config)))
+        source, config, abstract, step=step,
+        fresh_params=lambda: jax.device_get(models.init_params(config)))
     from flax import nnx
 
     return config, nnx.merge(graphdef, params)

@@ -9,13 +9,12 @@ current config, instead of orbax's "Requested shape ... is not compatible" witho
 from __future__ import annotations
 
 import os
-import pathlib
 from typing import Any
 
 import ml_collections as mlc
 import orbax.checkpoint as ocp
 
-from rankseg_jax import param_paths
+from rankseg_jax import param_paths, paths
 
 
 class CheckpointError(RuntimeError):
@@ -26,11 +25,9 @@ class IncompatibleCheckpoint(CheckpointError):
     """A checkpoint's parameters do not fit the model (names parameters, shapes, options)."""
 
 
-def _stored_tree(item_dir: pathlib.Path) -> Any:
+def _stored_tree(item_dir) -> Any:
     """The saved pytree of ArrayMetadata (shapes, dtypes) of an orbax item directory."""
-    from etils import epath
-
-    return ocp.PyTreeCheckpointHandler().metadata(epath.Path(item_dir)).tree
+    return ocp.PyTreeCheckpointHandler().metadata(item_dir).tree
 
 
 def _shapes(tree: Any) -> dict[str, tuple]:
@@ -48,7 +45,7 @@ def check_fits(item_dir: str | os.PathLike, abstract_params: Any,
     config.json (found next to the checkpoint) differs from it.
     Metadata that cannot be read raises the reader's own error (a damaged checkpoint).
     """
-    item_dir = pathlib.Path(item_dir)
+    item_dir = paths.as_path(item_dir)
     stored = _stored_tree(item_dir)
     if subtree is not None:
         stored = stored[subtree]
@@ -68,7 +65,7 @@ def check_fits(item_dir: str | os.PathLike, abstract_params: Any,
         "parameters):\n" + "\n".join(shown) + "\n" + _config_hint(item_dir, config))
 
 
-def _config_hint(item_dir: pathlib.Path, config: mlc.ConfigDict | None) -> str:
+def _config_hint(item_dir, config: mlc.ConfigDict | None) -> str:
     """Which model options of the checkpoint's run differ from `config`."""
     from rankseg_jax.config import serialization
     from rankseg_jax.config.schema import ConfigError
@@ -85,8 +82,7 @@ def _config_hint(item_dir: pathlib.Path, config: mlc.ConfigDict | None) -> str:
     model = [d for d in diffs if d[0].startswith("model.")] or diffs
     if not model:
         return f"{saved_path} has the same options: the checkpoint was written by other code."
-    return (f"The checkpoint was trained with {saved_path}, which differs in: "
-            + ", ".join(f"{k}={a!r} (checkpoint) vs {b!r} (now)" for k, a, b in model[:10])
-            + (f" and {len(model) - 10} more" if len(model) > 10 else "")
-            + f". Pass --config pointing at that run's options, or load it with "
+    return (f"The checkpoint was trained with {saved_path}, which differs in:\n"
+            + serialization.format_differences(model, limit=10)
+            + f"\nPass --config pointing at that run's options, or load it with "
             f"rankseg_jax.load_model({str(saved_path.parent)!r}).")

@@ -7,7 +7,11 @@ Saves are asynchronous and atomic (orbax writes a tmp dir and renames it on comm
 kill at any moment leaves the previous checkpoint intact. The last `train.keep_checkpoints`
 are kept, plus (train.keep_best) the one with the best val mIoU: scores are recorded after a
 checkpoint is saved (`record_score`, the trainer saves before it evaluates) in
-`<checkpoints>/scores.json`, so the best one stays protected across restarts.
+`<checkpoints>/scores.json`, so the best one stays protected across restarts
+(`resolve_step(run, 'best')` reads it back). Every step also carries the run info
+(`rankseg_jax.run_info`: versions, git revision, config file + variant, resolved config) as
+orbax step metadata (`step_info`, `read_step_info`).
+Directories may be local or cloud (`gs://...`, through `rankseg_jax.paths` / etils.epath).
 
 Restoring takes the newest intact checkpoint: an unreadable one (truncated file, empty
 data-iterator JSON, ...) is reported with a warning naming it, set aside as
@@ -39,6 +43,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from orbax.checkpoint import checkpoint_managers as cm
 
+from rankseg_jax import paths
 from rankseg_jax.checkpoint_fit import (  # noqa: F401  (part of this module's interface)
     CheckpointError,
     IncompatibleCheckpoint,
@@ -53,8 +58,9 @@ METADATA_FILE = "metadata.json"
 SCORES_FILE = "scores.json"
 
 
-def checkpoint_dir(workdir: str | os.PathLike) -> pathlib.Path:
-    return pathlib.Path(workdir).absolute() / CHECKPOINT_SUBDIR
+def checkpoint_dir(workdir: str | os.PathLike):
+    """`<workdir>/checkpoints` as an epath.Path (local or cloud)."""
+    return paths.as_path(workdir, "workdir") / CHECKPOINT_SUBDIR
 
 
 @dataclasses.dataclass
@@ -76,13 +82,15 @@ class Checkpointer:
     (train.ckpt_every, keep_checkpoints, keep_best, async_checkpointing), also compared with
     the run's saved config.json when a checkpoint does not fit the model. read_only: for
     another run's folder (init.resume), to restore from only: nothing is cleaned up there.
+    info: the run info (`rankseg_jax.run_info.collect`) stored in every step's metadata.
     """
 
     def __init__(self, directory: str | os.PathLike, config: mlc.ConfigDict, *,
-                 read_only: bool = False):
+                 read_only: bool = False, info: dict | None = None):
         t = config.train
         self.config = config
-        self.directory = pathlib.Path(directory).absolute()
+        self.info = info
+        self.directory = paths.as_path(directory)
         self.scores = self._read_scores()  # {step: val mIoU} of saved checkpoints
         policies = [cm.FixedIntervalPolicy(max(int(t.ckpt_every), 1))]
         if jax.process_count() > 1:
@@ -118,7 +126,12 @@ class Checkpointer:
         items = {"state": ocp.args.StandardSave(state)}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-        return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+        return self.manager.save(step, args=ocp.args.Composite(**items), force=force,
+                                 custom_metadata=self.info)
+
+    def step_info(self, step: int) -> dict:
+        """The run info saved with checkpoint `step` ({} if it has none)."""
+        return read_step_info(self.directory / str(int(step)))
 
     # ------------------------------------------------------------------ keep-best scores
 
@@ -138,15 +151,12 @@ class Checkpointer:
         self.scores[int(step)] = float(value)
         if jax.process_index() == 0:
             self.directory.mkdir(parents=True, exist_ok=True)
-            tmp = self.directory / (SCORES_FILE + ".tmp")
-            tmp.write_text(json.dumps({str(k): v for k, v in sorted(self.scores.items())}))
-            os.replace(tmp, self.directory / SCORES_FILE)
+            paths.write_text_atomic(self.directory / SCORES_FILE, json.dumps(
+                {str(k): v for k, v in sorted(self.scores.items())}))
 
     def best_step(self) -> int | None:
         """The step with the highest recorded score (the earliest on ties), or None."""
-        if not self.scores:
-            return None
-        return max(sorted(self.scores), key=lambda k: self.scores[k])
+        return _best(self.scores)
 
     # ------------------------------------------------------------------ restore
 
@@ -225,21 +235,79 @@ class Checkpointer:
         self.manager.close()
 
 
+def _best(scores: dict[int, float]) -> int | None:
+    if not scores:
+        return None
+    return max(sorted(scores), key=lambda k: scores[k])
+
+
+def read_step_info(step_dir: str | os.PathLike) -> dict:
+    """The run info (`rankseg_jax.run_info`) in a step folder's orbax metadata; {} if none."""
+    p = paths.as_path(step_dir) / "_CHECKPOINT_METADATA"
+    try:
+        return json.loads(p.read_text()).get("custom_metadata") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
 def is_training_checkpoint(directory: str | os.PathLike) -> bool:
     """True for a run dir (with checkpoints/) or a checkpoints dir with step subdirs."""
-    d = pathlib.Path(directory)
+    d = paths.as_path(directory)
     if (d / CHECKPOINT_SUBDIR).is_dir():
         return True
-    return d.is_dir() and any(p.is_dir() and p.name.isdigit() for p in d.iterdir())
+    return d.is_dir() and any(p.name.isdigit() and p.is_dir() for p in d.iterdir())
 
 
-def training_checkpoint_root(directory: str | os.PathLike) -> pathlib.Path:
-    d = pathlib.Path(directory)
+def training_checkpoint_root(directory: str | os.PathLike):
+    d = paths.as_path(directory)
     return d / CHECKPOINT_SUBDIR if (d / CHECKPOINT_SUBDIR).is_dir() else d
 
 
 def is_params_dir(directory: str | os.PathLike) -> bool:
-    return (pathlib.Path(directory) / PARAMS_ITEM).is_dir()
+    return (paths.as_path(directory) / PARAMS_ITEM).is_dir()
+
+
+STEP_CHOICES = ("latest", "best")
+
+
+def is_step_choice(value: str) -> bool:
+    """Whether a --checkpoint value names a step ('latest', 'best', '1200') not a path."""
+    return value in STEP_CHOICES or value.isdigit()
+
+
+def resolve_step(directory: str | os.PathLike, which: str | int | None) -> int | None:
+    """The step of a training run that `which` names.
+
+    which: None or 'latest' -> None (the newest intact step, chosen when reading); 'best' ->
+    the step with the best recorded val mIoU (`<checkpoints>/scores.json`, train.keep_best);
+    a step number (int or digits). Raises CheckpointError naming the run when 'best' has no
+    scores or the step's folder does not exist.
+    """
+    if which is None or which == "latest":
+        return None
+    root = training_checkpoint_root(directory)
+    if which == "best":
+        try:
+            scores = {int(k): float(v)
+                      for k, v in json.loads((root / SCORES_FILE).read_text()).items()}
+        except FileNotFoundError:
+            scores = {}
+        step = _best(scores)
+        if step is None:
+            raise CheckpointError(
+                f"--checkpoint=best: {root} has no recorded evaluation scores ({SCORES_FILE}; "
+                "written when training evaluates with train.keep_best); use "
+                "--checkpoint=latest or a step number")
+        if not (root / str(step)).is_dir():
+            raise CheckpointError(f"--checkpoint=best: the best step {step} "
+                                  f"(by {root / SCORES_FILE}) is no longer in {root}")
+        return step
+    step = int(which)
+    if not (root / str(step)).is_dir():
+        steps = sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) \
+            if root.is_dir() else []
+        raise CheckpointError(f"no checkpoint step {step} in {root} (steps: {steps})")
+    return step
 
 
 # --------------------------------------------------------------------------- params-only
@@ -269,15 +337,14 @@ def save_params(directory: str | os.PathLike, params: Any, metadata: dict | None
 
     Blocks until written. Overwrites nothing: fails if `directory/params` exists.
     """
-    d = pathlib.Path(directory).absolute()
+    d = paths.as_path(directory)
     d.mkdir(parents=True, exist_ok=True)
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(d / PARAMS_ITEM, params)
         ckptr.wait_until_finished()
     if jax.process_index() == 0:
-        tmp = d / (METADATA_FILE + ".tmp")
-        tmp.write_text(json.dumps(metadata or {}, indent=2, sort_keys=True, default=str))
-        os.replace(tmp, d / METADATA_FILE)
+        paths.write_text_atomic(d / METADATA_FILE, json.dumps(
+            metadata or {}, indent=2, sort_keys=True, default=str))
 
 
 def load_params(directory: str | os.PathLike, target_abstract: Any = None,
@@ -288,7 +355,7 @@ def load_params(directory: str | os.PathLike, target_abstract: Any = None,
     restores as saved (single-process convenience). config: the model's config, compared
     with the saved one in the IncompatibleCheckpoint message if the shapes do not fit.
     """
-    d = pathlib.Path(directory).absolute()
+    d = paths.as_path(directory)
     try:
         if target_abstract is not None:
             check_fits(d / PARAMS_ITEM, target_abstract, config)
@@ -309,7 +376,7 @@ def _reason(e: BaseException) -> str:
 
 
 def read_metadata(directory: str | os.PathLike) -> dict:
-    p = pathlib.Path(directory) / METADATA_FILE
+    p = paths.as_path(directory) / METADATA_FILE
     return json.loads(p.read_text()) if p.exists() else {}
 
 
@@ -317,9 +384,9 @@ def read_metadata(directory: str | os.PathLike) -> dict:
 # --------------------------------------------------------------------------- weight sources
 
 
-def _step_dirs(root: pathlib.Path) -> list[pathlib.Path]:
+def _step_dirs(root) -> list:
     """Step folders of a checkpoints dir, newest first; raises if there is none."""
-    steps = sorted((int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit()),
+    steps = sorted((int(p.name) for p in root.iterdir() if p.name.isdigit() and p.is_dir()),
                    reverse=True)
     if not steps:
         raise FileNotFoundError(f"no checkpoint step folder in {root}")
@@ -338,7 +405,7 @@ def restore_training_params(directory: str | os.PathLike, abstract_params: Any,
     Returns (params, step). Raises IncompatibleCheckpoint if the shapes do not fit and
     CheckpointError naming the checkpoint(s) if none can be read.
     """
-    root = training_checkpoint_root(directory).absolute()
+    root = training_checkpoint_root(directory)
     candidates = _step_dirs(root) if step is None else [root / str(int(step))]
     target = {"params": abstract_params}
     failures = []
@@ -376,7 +443,8 @@ def place_params(params: Any, abstract_params: Any) -> Any:
 
 
 def resolve_params(source: str | os.PathLike, config: mlc.ConfigDict, abstract_params: Any,
-                   *, fresh_params: Callable[[], Any]) -> tuple[Any, str]:
+                   *, fresh_params: Callable[[], Any],
+                   step: str | int | None = None) -> tuple[Any, str]:
     """Params from any weight source, placed on the shardings of `abstract_params`.
 
     The one path by which training (`init.pretrained`), evaluation, prediction, conversion and
@@ -386,15 +454,23 @@ def resolve_params(source: str | os.PathLike, config: mlc.ConfigDict, abstract_p
       * a file any converter reads (official `.pth`, timm, AugReg `.npz`, ...).
     fresh_params: () -> host params of a freshly initialised model; parameters a backbone-only
       source lacks keep those values.
+    step: for a training run: None/'latest' (newest intact), 'best' or a step number
+      (`resolve_step`); CheckpointError for any other source.
     Returns (params, a one-line description of what was loaded).
     """
-    p = pathlib.Path(source)
+    p = paths.as_path(source)
+    training = is_training_checkpoint(p)
+    if step not in (None, "latest") and not training:
+        raise CheckpointError(f"--checkpoint={step}: {str(source)!r} is not a training run "
+                              "directory (with checkpoints/<step>/)")
     if is_params_dir(p):
         return load_params(p, abstract_params, config), f"params-only {p}"
-    if is_training_checkpoint(p):
+    if training:
         root = training_checkpoint_root(p)
-        params, step = restore_training_params(p, abstract_params, config=config)
-        return params, f"training checkpoint {root} step {step}"
+        params, got = restore_training_params(p, abstract_params, resolve_step(p, step),
+                                              config=config)
+        return params, f"training checkpoint {root} step {got}"
+    p = pathlib.Path(os.fspath(p))  # checkpoint files are read locally (torch, numpy)
     if not p.is_file():
         raise FileNotFoundError(f"no weights at {str(source)!r}: expected a params-only "
                                 "directory, a run directory with checkpoints/ or a checkpoint "

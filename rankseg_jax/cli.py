@@ -5,9 +5,13 @@
     python main.py --mode=predict --checkpoint=/tmp/demo --input=images/ --output=/tmp/pred \
         [--labels=labels/]
     python main.py --mode=export --checkpoint=/tmp/demo --export_size=512,512 \
-        --output=/tmp/model.jax
+        --output=/tmp/model.jax [--platforms=cpu,cuda,tpu] [--overwrite]
+    python main.py --mode=predict --workdir=/tmp/demo --checkpoint=best ...
+    python main.py --config=configs/demo.py --workdir=gs://bucket/demo --profile=10:15
 For eval, predict and export `--config` is optional when `--checkpoint`/`--workdir` is a run
-directory: its saved config.json is used.
+directory: its saved config.json is used; when both are given and differ, the differing
+options are listed (model options: the weights load only if their shapes still fit).
+`--checkpoint=best|latest|N` picks a step of the run in --workdir (best = best val mIoU).
 Override any option with --config.train.steps=100 etc. Multi-process: pass
 --coordinator_address/--num_processes/--process_id (or --distributed for auto-detection on
 managed clusters); each process then reads its own slice of the data.
@@ -35,14 +39,20 @@ config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:vari
                                 lock_config=True)
 flags.DEFINE_string("workdir", "", "Run directory: checkpoints, logs, metrics.")
 flags.DEFINE_enum("mode", "train", ["train", "eval", "predict", "export"], "What to do.")
-flags.DEFINE_string("checkpoint", "", "eval/predict weights: params-only dir, run dir, "
-                    ".pth; default: latest checkpoint in --workdir.")
+flags.DEFINE_string("checkpoint", "", "eval/predict/export weights: params-only dir, run dir, "
+                    ".pth, or best|latest|<step> of the run in --workdir; default: latest "
+                    "checkpoint in --workdir.")
 flags.DEFINE_string("input", "", "predict: an image file or a folder of images.")
 flags.DEFINE_string("output", "", "predict: output folder; export: the artifact file.")
 flags.DEFINE_string("labels", "", "predict: folder of ground-truth label files named like the "
                     "images (dataset format); adds ground truth to the panels and marks true/"
                     "false positives in the score charts.")
 flags.DEFINE_list("export_size", ["512", "512"], "export: input height,width.")
+flags.DEFINE_list("platforms", [], "export: lowering platforms, e.g. cpu,cuda,tpu (default: "
+                  "this machine's).")
+flags.DEFINE_bool("overwrite", False, "export: replace an existing --output.")
+flags.DEFINE_string("profile", "", "train: START:STOP, write a jax.profiler trace of those "
+                    "steps to <workdir>/profile (config train.profile_steps).")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (auto-detect).")
 flags.DEFINE_string("coordinator_address", "", "host:port of process 0 (multi-process).")
 flags.DEFINE_integer("num_processes", 1, "Number of processes (multi-process).")
@@ -75,31 +85,31 @@ def main(argv):
         logging.getLogger("rankseg_jax").setLevel(logging.WARNING)
     config = FLAGS.config
     if FLAGS.mode == "train":
-        if config is None:
-            raise app.UsageError("--config is required for training")
-        if not FLAGS.workdir:
-            raise app.UsageError("--workdir is required for training")
-        from rankseg_jax.train import loop
-        return loop.exit_status(loop.train_and_evaluate(config, FLAGS.workdir))
+        return _train(config)
     import rankseg_jax
     from rankseg_jax import config as config_lib
+    from rankseg_jax.config import serialization
     if FLAGS.mode == "predict":  # checked before the model is loaded
         if not FLAGS.input or not FLAGS.output:
             raise app.UsageError("--mode=predict needs --input and --output")
         if FLAGS.labels and not pathlib.Path(FLAGS.labels).is_dir():
             raise app.UsageError(f"--labels={FLAGS.labels!r} is not a folder")
-    source = FLAGS.checkpoint or FLAGS.workdir
-    if not source:
-        raise app.UsageError(f"--mode={FLAGS.mode} needs --checkpoint or a --workdir holding "
-                             "checkpoints")
+    if FLAGS.mode == "export":  # refused before any work
+        if not FLAGS.output:
+            raise app.UsageError("--mode=export needs --output (the artifact file)")
+        if pathlib.Path(FLAGS.output).exists() and not FLAGS.overwrite:
+            raise app.UsageError(f"--output={FLAGS.output!r} exists; pass --overwrite to "
+                                 "replace it")
+    source, step = checkpoint_source(FLAGS.checkpoint, FLAGS.workdir, FLAGS.mode)
     if config is None:
-        from rankseg_jax.config import serialization
         config = serialization.load(source)
+    else:
+        warn_config_differences(config, source)
     config_lib.validate(config, check_files=False)
     if FLAGS.mode == "eval":  # the dataset must be there; the run's init weights need not
         from rankseg_jax.config import validation
         validation.validate_data(config, check_files=True)
-    config, model = rankseg_jax.load_model(source, config)
+    config, model = rankseg_jax.load_model(source, config, step=step)
     if FLAGS.mode == "eval":
         from rankseg_jax.evaluation import evaluate
         evaluate.evaluate(config, model, FLAGS.workdir or None)
@@ -108,12 +118,88 @@ def main(argv):
         predict.predict(config, model, FLAGS.input, FLAGS.output,
                         label_dir=FLAGS.labels or None)
     else:
-        if not FLAGS.output:
-            raise app.UsageError("--mode=export needs --output (the artifact file)")
         from rankseg_jax.evaluation import export
         hw = tuple(int(v) for v in FLAGS.export_size)
-        export.save_exported(export.export_inference(config, model, hw), FLAGS.output)
-        print(f"wrote {FLAGS.output} (input [B, {hw[0]}, {hw[1]}, 3] float32, normalised)")
+        try:
+            exported = export.export_inference(config, model, hw,
+                                               platforms=tuple(FLAGS.platforms) or None)
+        except ValueError as e:
+            raise app.UsageError(f"--platforms: {e}") from e
+        meta = export.export_metadata(config, model, hw, exported)
+        meta.update(weights=str(source), step=step or "latest")
+        export.save_exported(exported, FLAGS.output, meta, overwrite=FLAGS.overwrite)
+        print(f"wrote {FLAGS.output} (input [B, {hw[0]}, {hw[1]}, 3] float32, normalised; "
+              f"platforms {','.join(exported.platforms)}; load with "
+              "rankseg_jax.evaluation.export.load_exported)")
+
+
+def _train(config) -> int:
+    if config is None:
+        raise app.UsageError("--config is required for training")
+    if not FLAGS.workdir:
+        raise app.UsageError("--workdir is required for training")
+    if FLAGS.profile:
+        config.train.profile_steps = parse_profile(FLAGS.profile)
+    from rankseg_jax import run_info
+    from rankseg_jax.train import loop
+    info = run_info.collect(config, config_file=config_flags.get_config_filename(
+        FLAGS["config"]), overrides=config_flags.get_override_values(FLAGS["config"]))
+    return loop.exit_status(loop.train_and_evaluate(config, FLAGS.workdir, info=info))
+
+
+def parse_profile(value: str) -> tuple[int, int]:
+    """'10:15' -> (10, 15) (train.profile_steps); raises UsageError otherwise."""
+    try:
+        start, stop = (int(v) for v in value.split(":"))
+    except ValueError:
+        raise app.UsageError(f"--profile={value!r}: expected START:STOP step numbers, "
+                             "e.g. --profile=10:15") from None
+    return start, stop
+
+
+def checkpoint_source(checkpoint: str, workdir: str, mode: str) -> tuple[str, str | None]:
+    """(weight source, step) from --checkpoint and --workdir.
+
+    --checkpoint=best|latest|N names a step of the run in --workdir; any other value is the
+    weight source itself (run dir, params-only dir, file); without it, --workdir's latest.
+    """
+    from rankseg_jax import checkpointing
+
+    if checkpoint and checkpointing.is_step_choice(checkpoint):
+        if not workdir:
+            raise app.UsageError(f"--checkpoint={checkpoint} names a step of a training run: "
+                                 "pass the run directory as --workdir")
+        return workdir, checkpoint
+    source = checkpoint or workdir
+    if not source:
+        raise app.UsageError(f"--mode={mode} needs --checkpoint or a --workdir holding "
+                             "checkpoints")
+    return source, None
+
+
+def warn_config_differences(config, source: str) -> None:
+    """Prints the options in which the given --config differs from the run's config.json
+    (`option: run=X, given=Y`). Model options may change the parameter shapes (then loading
+    refuses, naming the parameters) or only the computation; other options affect
+    evaluation/prediction only: the given values are used."""
+    from rankseg_jax.config import serialization
+
+    path = serialization.find_run_config(source)
+    if path is None:
+        return
+    diffs = serialization.differences(serialization.load(path.parent), config)
+    if not diffs:
+        return
+    model = [d for d in diffs if d[0].startswith("model.")]
+    rest = [d for d in diffs if not d[0].startswith("model.")]
+    lines = [f"warning: --config differs from {path}:"]
+    if model:
+        lines += ["model options (the weights load only if the parameter shapes still fit):",
+                  serialization.format_differences(model)]
+    if rest:
+        lines += ["other options (evaluation/prediction use the given values):",
+                  serialization.format_differences(rest)]
+    print("\n".join(lines), file=sys.stderr, flush=True)
 
 
 def _errors() -> dict:

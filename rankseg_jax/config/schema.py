@@ -66,60 +66,60 @@ class ConfigError(ValueError):
 def base_config() -> mlc.ConfigDict:
     """Returns the full schema with defaults (an unlocked ConfigDict)."""
     c = mlc.ConfigDict()
-    c.seed = 0
+    c.seed = 0  # seed of parameter init, data order, augmentation and dropout
 
     # ------------------------------------------------------------------ model
     c.model = m = mlc.ConfigDict()
     m.arch = "segmenter"  # meta-architecture: "segmenter" | "mask2former"
     m.backbone = "vit"  # backbone type ("vit" | "swin"); options in the section of that name
-    m.num_classes = 150
+    m.num_classes = 150  # K, the number of classes the model predicts
     m.dtype = "float32"  # compute dtype; params stay float32
     m.remat = False  # rematerialise transformer blocks in the backward pass
 
     m.vit = b = mlc.ConfigDict()
-    b.embed_dim = 768
-    b.depth = 12
-    b.num_heads = 12
-    b.mlp_ratio = 4.0
-    b.patch_size = 16
+    b.embed_dim = 768  # ViT width (presets: VIT_PRESETS)
+    b.depth = 12  # number of ViT blocks
+    b.num_heads = 12  # attention heads per block
+    b.mlp_ratio = 4.0  # MLP hidden width = mlp_ratio * embed_dim
+    b.patch_size = 16  # patch size in pixels
     # The stored position embedding covers img_size // patch_size; it is resized (torch-exact
     # bicubic) at run time to the input's grid when the grid differs.
     b.img_size = (512, 512)
-    b.qkv_bias = True
-    b.drop_rate = 0.0
-    b.attn_drop_rate = 0.0
-    b.drop_path_rate = 0.1
-    b.final_norm = True
-    b.ln_eps = 1e-6
+    b.qkv_bias = True  # bias on the q/k/v projections
+    b.drop_rate = 0.0  # dropout after the position embedding and in the blocks
+    b.attn_drop_rate = 0.0  # dropout on the attention weights
+    b.drop_path_rate = 0.1  # stochastic depth, linear over the blocks
+    b.final_norm = True  # LayerNorm after the last block
+    b.ln_eps = 1e-6  # LayerNorm epsilon
     # OCE variant: class embeddings appended before layer `oce_start_layer` (-1 = last layer).
     b.oce = False
-    b.oce_start_layer = -1
+    b.oce_start_layer = -1  # the layer the OCE class embeddings enter before
 
     # Swin Transformer (model.backbone = "swin", Mask2Former's `D2SwinTransformer`): stage i
     # has embed_dim * 2**i channels; outputs res2..res5 (strides 4..32) after per-stage norms.
     m.swin = sw = mlc.ConfigDict()
     sw.embed_dim = 192  # Swin-L (IN-22k 384)
-    sw.depths = (2, 2, 18, 2)
-    sw.num_heads = (6, 12, 24, 48)
+    sw.depths = (2, 2, 18, 2)  # blocks per stage
+    sw.num_heads = (6, 12, 24, 48)  # attention heads per stage
     sw.window_size = 12  # 12 for the 384 ImageNet models, 7 for the 224 ones
-    sw.mlp_ratio = 4.0
-    sw.patch_size = 4
+    sw.mlp_ratio = 4.0  # MLP hidden width = mlp_ratio * stage width
+    sw.patch_size = 4  # patch-embedding stride in pixels
     sw.drop_path_rate = 0.3  # stochastic depth, linear over all blocks
-    sw.qkv_bias = True
-    sw.patch_norm = True
+    sw.qkv_bias = True  # bias on the q/k/v projections
+    sw.patch_norm = True  # LayerNorm after the patch embedding
 
     # The Segmenter mask-transformer decode head (model.arch = "segmenter").
     m.head = h = mlc.ConfigDict()
-    h.d_model = 768
-    h.num_heads = 12
-    h.d_ff = 3072
+    h.d_model = 768  # head width
+    h.num_heads = 12  # attention heads per head block
+    h.d_ff = 3072  # MLP hidden width of the head blocks
     # Number of head transformer blocks. With RankSeg's `tran_enc` encoder block 0 is the
     # multi-label encoder and blocks 1.. segment (official n_layers=3); otherwise all blocks
     # segment (the Segmenter baseline has 2).
     h.n_layers = 3
-    h.dropout = 0.1
-    h.drop_path_rate = 0.0
-    h.ln_eps = 1e-5
+    h.dropout = 0.1  # dropout in the head blocks
+    h.drop_path_rate = 0.0  # stochastic depth in the head blocks
+    h.ln_eps = 1e-5  # LayerNorm epsilon of the head
 
     # Mask2Former (model.arch = "mask2former"): MSDeformAttn pixel decoder, masked-attention
     # transformer decoder and its inference. Defaults: official ADE20K semantic Swin-L.
@@ -149,42 +149,42 @@ def base_config() -> mlc.ConfigDict:
     # Inference.
     mf.object_mask_threshold = 0.8  # panoptic: keep queries with score > threshold
     mf.overlap_threshold = 0.8  # panoptic: drop segments keeping < this share of their mask
-    mf.semantic_on = True
-    mf.panoptic_on = False
+    mf.semantic_on = True  # semantic inference (per-pixel class map)
+    mf.panoptic_on = False  # panoptic inference (segments, PQ)
 
     # The RankSeg component: multi-label head, sort & select, rank-adaptive classifier.
     m.rankseg = r = mlc.ConfigDict()
     r.enabled = True  # False = the plain host (Segmenter baseline)
     r.topk = 50  # kappa
-    r.ml_encoder = "tran_enc"
+    r.ml_encoder = "tran_enc"  # multi-label encoder xi (paper Table 6)
     r.downsample = 8  # adaptive-average-pool size of the multi-label encoder's patch grid
-    r.temperature = "rank_adaptive"
-    r.oracle = "none"
+    r.temperature = "rank_adaptive"  # RankNorm scale/bias per rank slot, or one shared
+    r.oracle = "none"  # ground-truth class selection: in training+eval or eval only (Fig. 3)
     # Inference-time dynamic kappa: keep ranks whose sigmoid score >= threshold (at least one),
     # at most `topk`; 0 disables (static top-kappa).
     r.dynamic_k_threshold = 0.0
     # `tran_dec` encoder (DETR-style decoder without self-attention, official ablation).
     r.dec_num_heads = 8
-    r.dec_d_ff = 2048
-    r.dec_layers = 2
+    r.dec_d_ff = 2048  # tran_dec: MLP hidden width
+    r.dec_layers = 2  # tran_dec: number of decoder layers
     # Mask2Former's multi-label head (`MultiLabelHead`): width (RANKSEG.HIDDEN_DIM; heads =
     # width // 64, FFN 4x width), the decoder layer whose raw query outputs it reads
     # (hard-coded 2 officially) and its dropout (hard-coded 0.1). Its class ranking feeds
     # `ml_norm` = RankNorm(topk + 1) over the rank slots plus the no-object slot.
     r.ml_hidden_dim = 512
-    r.ml_read_layer = 2
-    r.ml_dropout = 0.1
+    r.ml_read_layer = 2  # see ml_hidden_dim
+    r.ml_dropout = 0.1  # see ml_hidden_dim
 
     # ------------------------------------------------------------------ loss
     c.loss = lo = mlc.ConfigDict()
-    lo.seg_weight = 1.0
+    lo.seg_weight = 1.0  # weight of the pixel (segmentation) cross-entropy
     lo.seg_average = "all_pixels"  # mmseg-0.17: ignored pixels stay in the denominator
     lo.img_type = "asl"  # RankSeg's image-level (multi-label) loss
-    lo.img_weight = 10.0
-    lo.asl_gamma_neg = 2.0
-    lo.asl_gamma_pos = 0.0
-    lo.asl_clip = 0.05
-    lo.asl_eps = 1e-5
+    lo.img_weight = 10.0  # weight of the image-level loss (paper Table 5)
+    lo.asl_gamma_neg = 2.0  # asymmetric loss: focusing exponent of the negatives
+    lo.asl_gamma_pos = 0.0  # asymmetric loss: focusing exponent of the positives
+    lo.asl_clip = 0.05  # asymmetric loss: probability margin shifted off the negatives
+    lo.asl_eps = 1e-5  # asymmetric loss: log clamp
     # Mask2Former's set criterion (model.arch = "mask2former"; `maskformer_model.py:126-155`).
     # The RankSeg multi-label loss reuses img_weight and asl_* above (official: 10 x ASL(2, 0,
     # clip 0.05)). The matcher uses the same class / mask / dice weights as the losses.
@@ -202,16 +202,16 @@ def base_config() -> mlc.ConfigDict:
     d.name = "synthetic"  # see rankseg_jax/data/registry.py for the registry
     d.root = ""  # dataset root on disk (folder layout or prepared ArrayRecord)
     d.format = "synthetic"  # "folder" | "array_record" | "synthetic"
-    d.ignore_index = 255
-    d.reduce_zero_label = False
+    d.ignore_index = 255  # label value excluded from losses and metrics
+    d.reduce_zero_label = False  # label 0 -> ignore and every other label - 1 (mmseg)
     d.mean = (127.5, 127.5, 127.5)  # RGB
-    d.std = (127.5, 127.5, 127.5)
-    d.crop_size = (512, 512)
-    d.train_scale = (2048, 512)
-    d.ratio_range = (0.5, 2.0)
-    d.cat_max_ratio = 0.75
-    d.flip_prob = 0.5
-    d.photometric = True
+    d.std = (127.5, 127.5, 127.5)  # RGB; images are (x - mean) / std
+    d.crop_size = (512, 512)  # training crop
+    d.train_scale = (2048, 512)  # random resize: this scale times a ratio from ratio_range
+    d.ratio_range = (0.5, 2.0)  # random resize ratio range
+    d.cat_max_ratio = 0.75  # crop retries while one class covers more than this share
+    d.flip_prob = 0.5  # horizontal flip probability
+    d.photometric = True  # photometric distortion (brightness, contrast, saturation, hue)
     d.test_scale = (2048, 512)  # Mask2Former: (MAX_SIZE_TEST, MIN_SIZE_TEST) of its test resize
     d.num_workers = 0  # grain worker processes (0 = in-process)
     d.prefetch = 2  # batches read ahead per process (and per worker)
@@ -227,13 +227,14 @@ def base_config() -> mlc.ConfigDict:
     # number of queries); an image with more is a bad example (`bad_example_policy`).
     d.min_size_train = tuple(range(320, 1281, 64))  # MIN_SIZE_TRAIN, "choice" sampling
     d.max_size_train = 2560  # MAX_SIZE_TRAIN
-    d.max_targets = 100
+    d.max_targets = 100  # see min_size_train
     d.synthetic = s = mlc.ConfigDict()
-    s.num_train = 2048
-    s.num_val = 64
-    s.image_size = (512, 512)
-    s.min_classes = 2
-    s.max_classes = 8
+    s.num_train = 2048  # training images
+    s.num_val = 64  # validation images
+    s.image_size = (512, 512)  # (H, W) of every image
+    s.min_classes = 2  # fewest classes per image
+    s.max_classes = 8  # most classes per image
+    s.num_scenes = 8  # scene types (class co-occurrence groups)
     # Difficulty knobs of the synthetic dataset (rankseg_jax/data/synthetic.py; the defaults
     # give the original dataset; docs/synthetic_study.md chooses them for the study):
     s.confusable = 2  # classes sharing one local look (colour + texture), in different scenes
@@ -241,38 +242,40 @@ def base_config() -> mlc.ConfigDict:
     s.scene_cue = 30.0  # amplitude (grey levels) of the scene's tinted ramp: the global cue
     s.tail = 0.8  # exponent of the long tail of class frequencies inside a scene
     s.noise = 6.0  # std of the per-pixel noise (texture difficulty)
-    s.num_scenes = 8
     # `synthetic_panoptic` (things with several instances on stuff): the first num_things of
     # the model.num_classes classes are things, the rest stuff; at most max_instances thing
     # instances per image (plus up to 3 stuff segments and an optional crowd).
     s.num_things = 20
-    s.max_instances = 8
+    s.max_instances = 8  # see num_things
 
     # ------------------------------------------------------------------ train
     c.train = t = mlc.ConfigDict()
-    t.steps = 160_000
+    t.steps = 160_000  # training iterations
     t.batch_size = 8  # global batch
-    t.grad_accum = 1
-    t.log_every = 50
-    t.eval_every = 16_000
-    t.ckpt_every = 16_000
-    t.keep_checkpoints = 3
+    t.grad_accum = 1  # micro-batches per step (the global batch is split, not multiplied)
+    t.log_every = 50  # steps between log lines / metrics.jsonl records
+    t.eval_every = 16_000  # steps between evaluations (0 = never; else the last step evaluates too)
+    t.ckpt_every = 16_000  # steps between checkpoints (the last step always saves)
+    t.keep_checkpoints = 3  # the newest N checkpoints are kept
     t.keep_best = True  # also keep the checkpoint with the best val mIoU
-    t.async_checkpointing = True
+    t.async_checkpointing = True  # save in the background while training continues
     t.check_finite_every = 1  # host check of loss/grad finiteness every N steps (0 = never)
+    # (start, stop): write a jax.profiler trace of steps start..stop-1 (0-based, this run's
+    # step numbers) to <workdir>/profile; () = no profile. CLI: --profile=START:STOP.
+    t.profile_steps = ()
 
     # ------------------------------------------------------------------ optimizer
     c.optim = o = mlc.ConfigDict()
     o.name = "sgd"  # "sgd" | "adamw"
-    o.lr = 1e-3
-    o.momentum = 0.9
-    o.weight_decay = 0.0
+    o.lr = 1e-3  # base learning rate
+    o.momentum = 0.9  # SGD momentum
+    o.weight_decay = 0.0  # SGD: coupled L2 (torch); AdamW: decoupled
     # (substring of the official parameter name, decay multiplier); mmcv semantics: longest key
     # first, first match wins.
     o.decay_mult = (("pos_embed", 0.0), ("cls_token", 0.0), ("norm", 0.0))
-    o.schedule = "poly"
-    o.power = 0.9
-    o.min_lr = 1e-5
+    o.schedule = "poly"  # lr schedule after warmup
+    o.power = 0.9  # poly exponent
+    o.min_lr = 1e-5  # poly end value
     o.warmup_steps = 0  # mmcv linear warmup over the first N iterations (0 = none)
     # Warmup starts at warmup_ratio * lr. The official configs do not warm up; mmcv's hook
     # default is 0.1; mmseg's transformer configs that do (Swin, SegFormer: linear, 1500
@@ -281,8 +284,8 @@ def base_config() -> mlc.ConfigDict:
     # Global-norm clipping of the whole gradient, torch `clip_grad_norm_` (coefficient
     # min(1, max / (norm + 1e-6))); 0 disables.
     o.clip_grad_norm = 0.0
-    o.b1 = 0.9
-    o.b2 = 0.999
+    o.b1 = 0.9  # AdamW beta1
+    o.b2 = 0.999  # AdamW beta2
     o.eps = 1e-8  # AdamW epsilon
     # Parameter groups on OUR parameter paths ('.'-joined, e.g. "backbone.norm0.scale"),
     # used by Mask2Former (the Segmenter configs keep `decay_mult` on official mmseg names;
@@ -291,16 +294,16 @@ def base_config() -> mlc.ConfigDict:
     # SOLVER.MLHEAD_MULTIPLIER; `ml_norm` is not part of it). no_decay_paths: regexes
     # (re.search) of parameters that get weight decay 0 (norms, embeddings).
     o.backbone_lr_mult = 1.0
-    o.ml_head_lr_mult = 1.0
-    o.no_decay_paths = ()
+    o.ml_head_lr_mult = 1.0  # see backbone_lr_mult
+    o.no_decay_paths = ()  # see backbone_lr_mult
 
     # ------------------------------------------------------------------ evaluation
     c.test = e = mlc.ConfigDict()
-    e.mode = "slide"
-    e.crop_size = (512, 512)
-    e.stride = (512, 512)
+    e.mode = "slide"  # whole image or sliding windows
+    e.crop_size = (512, 512)  # slide window size
+    e.stride = (512, 512)  # slide window stride
     e.scales = (1.0,)  # multi-scale ratios, e.g. (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
-    e.flip = False
+    e.flip = False  # also average the horizontally flipped prediction
     e.max_images = 0  # evaluate on the first N images only (0 = all)
     # Memory-light inference (docs/evaluation.md): logits only for the union of the classes the
     # windows chose, argmax over `class_chunk` classes at a time at full resolution. False =
@@ -319,8 +322,8 @@ def base_config() -> mlc.ConfigDict:
     # ------------------------------------------------------------------ sharding
     c.mesh = ms = mlc.ConfigDict()
     ms.data = -1  # -1 fills the remaining devices
-    ms.fsdp = 1
-    ms.tensor = 1
+    ms.fsdp = 1  # devices that shard parameters and optimizer state (and the batch)
+    ms.tensor = 1  # devices that split attention heads and MLP columns (Megatron)
     # FSDP shards a parameter (its largest dim divisible by mesh.fsdp) only above this many
     # elements; smaller ones are replicated (gathering them costs more than it saves).
     ms.fsdp_min_size = 1 << 18

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 
 import ml_collections as mlc
 
@@ -51,13 +50,14 @@ def from_json(text: str, source: str = "config.json") -> mlc.ConfigDict:
     return config
 
 
-def save(config: mlc.ConfigDict, directory: str | os.PathLike) -> pathlib.Path:
-    """Writes `<directory>/config.json` atomically; returns its path."""
-    d = pathlib.Path(directory)
+def save(config: mlc.ConfigDict, directory: str | os.PathLike):
+    """Writes `<directory>/config.json` atomically (local or cloud directory, see
+    `rankseg_jax.paths`); returns its path (an epath.Path)."""
+    from rankseg_jax import paths
+
+    d = paths.as_path(directory, "workdir")
     d.mkdir(parents=True, exist_ok=True)
-    tmp = d / (CONFIG_FILE + ".tmp")
-    tmp.write_text(to_json(config))
-    os.replace(tmp, d / CONFIG_FILE)
+    paths.write_text_atomic(d / CONFIG_FILE, to_json(config))
     return d / CONFIG_FILE
 
 
@@ -81,10 +81,21 @@ def differences(a: mlc.ConfigDict, b: mlc.ConfigDict) -> list[tuple[str, object,
             if fa.get(k) != fb.get(k)]
 
 
-def find_run_config(source: str | os.PathLike) -> pathlib.Path | None:
-    """The config.json of a run dir, its checkpoints/ dir or a step dir, if any."""
-    p = pathlib.Path(source).absolute()
-    for d in (p, *p.parents[:3]):
+def format_differences(diffs: list[tuple[str, object, object]], *, first: str = "run",
+                       second: str = "given", limit: int = 20) -> str:
+    """'  option: run=X, given=Y' lines of `differences` output (at most `limit`, then a count)."""
+    lines = [f"  {k}: {first}={a!r}, {second}={b!r}" for k, a, b in diffs[:limit]]
+    if len(diffs) > limit:
+        lines.append(f"  ... and {len(diffs) - limit} more")
+    return "\n".join(lines)
+
+
+def find_run_config(source: str | os.PathLike):
+    """The config.json (epath.Path) of a run dir, its checkpoints/ dir or a step dir, if any."""
+    from rankseg_jax import paths
+
+    p = paths.as_path(source)
+    for d in (p, *list(p.parents)[:3]):
         if (d / CONFIG_FILE).is_file():
             return d / CONFIG_FILE
     return None

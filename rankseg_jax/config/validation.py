@@ -7,11 +7,11 @@ validated config and does not re-check it.
 
 from __future__ import annotations
 
-import pathlib
 import re
 
 import ml_collections as mlc
 
+from rankseg_jax import paths
 from rankseg_jax.config import schema
 from rankseg_jax.config.checks import choice, finite, positive_pair
 from rankseg_jax.config.numbers import FLOAT_RANGES, INT_MINIMUMS, validate_numbers  # noqa: F401
@@ -263,8 +263,12 @@ def validate_data(config: mlc.ConfigDict, *, check_files: bool = True) -> None:
         raise ConfigError(str(e)) from e
     if config.model.arch == "mask2former":
         validate_mask2former_training(config)
+    if d.format == "folder" and d.root and not paths.is_local(d.root):
+        raise ConfigError(f"data.root={d.root!r}: data.format='folder' reads local files only; "
+                          "prepare the dataset (python -m data.prepare, data.format="
+                          "'array_record'), which TFDS reads from cloud storage too")
     if check_files and d.format in ("folder", "array_record"):
-        if not d.root or not pathlib.Path(d.root).exists():
+        if not d.root or not paths.check_usable(d.root, "data.root").exists():
             raise ConfigError(
                 f"data.root={d.root!r} does not exist. Prepare the dataset first, e.g.\n"
                 f"  python -m data.prepare --dataset={d.name} --src=/path/to/download "
@@ -283,7 +287,7 @@ def _check_prepared(root: str) -> None:
         meta = sources.read_metadata(root)
     except (OSError, ValueError) as e:
         raise ConfigError(f"data.root={root!r}: {e}") from e
-    folder = pathlib.Path(root) / meta["tfds"]["builder"] / meta["tfds"]["version"]
+    folder = paths.as_path(root, "data.root") / meta["tfds"]["builder"] / meta["tfds"]["version"]
     if not (folder / "dataset_info.json").is_file():
         raise ConfigError(
             f"data.root={root!r}: the prepared dataset folder {folder} is missing or incomplete "
@@ -323,9 +327,14 @@ def validate_train(config: mlc.ConfigDict, num_devices: int, process_count: int,
             raise ConfigError(f"train.{name}={t[name]} must be >= 1")
     if t.eval_every < 0:
         raise ConfigError(f"train.eval_every={t.eval_every} must be >= 0 (0 = never)")
+    if t.profile_steps and not (
+            len(t.profile_steps) == 2 and all(isinstance(v, int) for v in t.profile_steps)
+            and 0 <= t.profile_steps[0] < t.profile_steps[1] <= t.steps):
+        raise ConfigError(f"train.profile_steps={tuple(t.profile_steps)!r} must be () or "
+                          f"(start, stop) with 0 <= start < stop <= train.steps={t.steps}")
     for name in ("resume", "pretrained"):
         path = config.init[name]
-        if check_files and path and not pathlib.Path(path).exists():
+        if check_files and path and not paths.check_usable(path, f"init.{name}").exists():
             raise ConfigError(f"init.{name}={path!r} does not exist")
 
 

@@ -46,7 +46,18 @@ class Row:
 
 
 class CheckpointMismatch(ValueError):
-    """The checkpoint does not fit the model; the message lists every offending key."""
+    """The checkpoint does not fit the model. The message gives, per kind of problem, the
+    count and the first keys (`key_summary`); `details` holds every key: {kind: [keys]}."""
+
+    def __init__(self, message: str, details: dict[str, list] | None = None):
+        super().__init__(message)
+        self.details = details or {}
+
+
+def key_summary(items: list, first: int = 10) -> str:
+    """'a, b, c, ... and 290 more': the first `first` items and how many are not shown."""
+    shown = ", ".join(str(x) for x in items[:first])
+    return shown + (f", ... and {len(items) - first} more" if len(items) > first else "")
 
 
 def linear_rows(rows: list[Row], ours: tuple, theirs: str, bias: bool = True) -> None:
@@ -233,25 +244,27 @@ def map_state_dict(state_dict: Mapping[str, np.ndarray], rows: list[Row], *,
                 report.warnings.append(f"buffer {key} differs from the recomputed constant")
         else:
             report.unused.append(key)
-    problems = []
-    if report.missing and not allow_partial:
-        problems.append(f"missing keys ({len(report.missing)}): {report.missing} "
-                        "(allow_partial keeps those params at their fresh init)")
-    if report.unused:
-        problems.append(f"unused keys ({len(report.unused)}): {report.unused}")
-    if class_shape:
-        problems.append(f"head shape mismatches (class count / top-k / head variant differ; "
-                        f"reset_head keeps the model's fresh head) ({len(class_shape)}): "
-                        f"{class_shape}")
-    if bad_shape:
-        problems.append(f"shape mismatches ({len(bad_shape)}): {bad_shape}")
+    problems, details = [], {}
+
+    def problem(kind: str, items: list, note: str = "") -> None:
+        if items:
+            details[kind] = list(items)
+            problems.append(f"  {kind} ({len(items)}){note}: {key_summary(items)}")
+
+    if not allow_partial:
+        problem("missing keys", report.missing,
+                " (allow_partial keeps those params at their fresh init)")
+    problem("unused keys", report.unused)
+    problem("head shape mismatches", class_shape, " (class count / top-k / head variant "
+            "differ; reset_head keeps the model's fresh head)")
+    problem("shape mismatches", bad_shape)
     if expected is not None:
         mapped = {r.path for r in rows}
-        unmapped = sorted(param_paths.path_name(p) for p in expected if p not in mapped)
-        if unmapped:
-            problems.append(f"model parameters with no mapping row: {unmapped}")
+        problem("model parameters with no mapping row",
+                sorted(param_paths.path_name(p) for p in expected if p not in mapped))
     if problems:
-        raise CheckpointMismatch(f"{source} does not fit model config: " + "; ".join(problems))
+        raise CheckpointMismatch(f"{source} does not fit model config:\n" + "\n".join(problems),
+                                 details)
     if report.missing:
         report.warnings.append(f"{len(report.missing)} model params not in the source keep "
                                "their fresh init")
@@ -267,7 +280,8 @@ def export_rows(params: Mapping[tuple, np.ndarray], rows: list[Row]) -> dict[str
     """
     missing = [param_paths.path_name(r.path) for r in rows if r.path not in params]
     if missing:
-        raise CheckpointMismatch(f"params lack mapped entries: {missing}")
+        raise CheckpointMismatch(f"params lack {len(missing)} mapped entries: "
+                                 f"{key_summary(missing)}", {"missing": missing})
     values: dict[str, np.ndarray | None] = {}
     fused: dict[str, dict[str, np.ndarray]] = {}
     for row in rows:

@@ -223,7 +223,9 @@ class FolderSource:
 
 def read_metadata(root: str | os.PathLike) -> dict:
     """Returns the metadata.json of a dataset prepared by `data/prepare.py` in `root`."""
-    meta_path = pathlib.Path(root) / "metadata.json"
+    from rankseg_jax import paths  # local or cloud (gs://...) root
+
+    meta_path = paths.as_path(root, "data.root") / "metadata.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path}: not a prepared dataset (run python -m data.prepare)")
     meta = json.loads(meta_path.read_text())
@@ -244,7 +246,7 @@ class ArrayRecordSource:
         import tensorflow_datasets as tfds
 
         meta = read_metadata(root)
-        where = pathlib.Path(root) / "metadata.json"
+        where = f"{os.fspath(root).rstrip('/')}/metadata.json"
         if meta["dataset"] != info.name:
             raise ValueError(f"{where}: prepared for {meta['dataset']!r}, not {info.name!r}")
         if split not in meta["splits"]:

@@ -33,7 +33,6 @@ import pathlib
 import numpy as np
 
 from rankseg_jax.data import pipeline as input_pipeline
-from rankseg_jax.data.decode import BadExampleError, read_image_file
 from rankseg_jax.data.panoptic import IGNORE_INDEX
 from rankseg_jax.evaluation import panoptic_visualize, visualize
 from rankseg_jax.evaluation import predict as seg_predict
@@ -71,7 +70,7 @@ def predict(config, model, input_path, output_dir, *, label_dir=None) -> list[st
     info = input_pipeline.dataset_info(config)
     k = config.model.num_classes
     input_path, out_dir = pathlib.Path(input_path), pathlib.Path(output_dir)
-    files = seg_predict._list_inputs(input_path)
+    files = seg_predict.list_inputs(input_path)
     stems = seg_predict.output_stems(files)
     engine = MaskFormerInferencer(config, model, info.thing_classes)
     if engine.gt_oracle and label_dir is None:
@@ -86,23 +85,10 @@ def predict(config, model, input_path, output_dir, *, label_dir=None) -> list[st
     kappa = config.model.rankseg.topk
     writer = (PanopticWriter(out_dir / "panoptic", out_dir / "panoptic.json", info)
               if engine.panoptic_on else None)
-    tally = seg_predict._Tally()
+    tally = seg_predict.Tally()
     written: list[str] = []
-    for path, stem in zip(files, stems, strict=True):
-        try:
-            image = read_image_file(path)
-        except BadExampleError as e:
-            if single:
-                raise
-            log.warning("skipping %s", e)
-            tally.skipped.append(str(e))
-            continue
-        gt = None
-        if label_dir is not None:
-            gt, problem = seg_predict._ground_truth(label_dir, path.stem, image.shape[:2], info)
-            if problem:
-                log.warning("%s", problem)
-                tally.gt_problems.append(problem)
+    for path, stem, image, gt in seg_predict.read_inputs(files, stems, single, tally,
+                                                         label_dir, info):
         if engine.gt_oracle and gt is None:
             tally.skipped.append(f"{path}: the -gt oracle needs its ground truth")
             continue
@@ -114,14 +100,11 @@ def predict(config, model, input_path, output_dir, *, label_dir=None) -> list[st
         sem = res.sem if res.sem is not None else semantic_from_segments(res.panoptic,
                                                                          res.segments_info)
         base = os.fspath(out_dir / stem)
+        files_out = seg_predict.semantic_outputs(
+            base, path, image, sem, gt, gt_present,
+            res.image_logits if res.topk is not None else None, kappa, palette,
+            info.class_names)
         title = f"{path.name} ({image.shape[0]}x{image.shape[1]})"
-        files_out = {"labels": visualize.write_label_pngs(base, sem, palette)}
-        fig = visualize.panel_figure(image, sem, palette, info.class_names, gt, title)
-        files_out["panel"] = [visualize.save(fig, f"{base}_panel.png")]
-        if res.topk is not None:
-            fig = visualize.score_chart_figure(res.image_logits, kappa, info.class_names,
-                                               palette, gt_present, title)
-            files_out["scores"] = [visualize.save(fig, f"{base}_scores.png")]
         if writer is not None:
             writer.write(stem, res.panoptic, res.segments_info)
             files_out["panoptic"] = [os.fspath(writer.folder / f"{stem}.png")]
@@ -137,6 +120,6 @@ def predict(config, model, input_path, output_dir, *, label_dir=None) -> list[st
         written.append(os.fspath(writer.json_path))
         more = {"panoptic": f"COCO panoptic PNGs (segments in {writer.json_path})",
                 "panoptic_panel": "panoptic panels (image | segments)"}
-    print(seg_predict._summary(tally, input_path, out_dir, kappa, label_dir is not None, more),
+    print(seg_predict.summary(tally, input_path, out_dir, kappa, label_dir is not None, more),
           flush=True)
     return written

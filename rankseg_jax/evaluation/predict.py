@@ -46,7 +46,7 @@ from rankseg_jax.evaluation import inference, visualize
 log = logging.getLogger(__name__)
 
 
-def _list_inputs(input_path: pathlib.Path) -> list[pathlib.Path]:
+def list_inputs(input_path: pathlib.Path) -> list[pathlib.Path]:
     if input_path.is_dir():
         return sorted(p for p in input_path.iterdir() if p.is_file() and not p.name.startswith("."))
     if input_path.is_file():
@@ -89,7 +89,7 @@ def find_label(label_dir: pathlib.Path, stem: str, label_suffix: str) -> pathlib
 
 
 @dataclasses.dataclass
-class _Tally:
+class Tally:
     images: int = 0
     with_gt: int = 0
     skipped: list = dataclasses.field(default_factory=list)
@@ -100,7 +100,7 @@ class _Tally:
         self.written.setdefault(kind, []).extend(paths)
 
 
-def _ground_truth(label_dir, stem, shape, info):
+def ground_truth(label_dir, stem, shape, info):
     """(gt int32 [H, W] or None, problem message or None)."""
     path = find_label(pathlib.Path(label_dir), stem, info.label_suffix)
     if path is None:
@@ -115,7 +115,49 @@ def _ground_truth(label_dir, stem, shape, info):
     return gt, None
 
 
-def _summary(tally: _Tally, input_path, out_dir, kappa, has_labels, more=None) -> str:
+def read_inputs(files, stems, single: bool, tally: Tally, label_dir, info):
+    """Yields (path, stem, image uint8 [H, W, 3], gt int32 [H, W] or None) per readable input.
+
+    An unreadable file raises when it is the only input (`single`), else it is logged and
+    recorded in `tally.skipped`; a missing or mismatched label is logged and recorded in
+    `tally.gt_problems` (gt None). Counting the images is the caller's (it may still skip)."""
+    for path, stem in zip(files, stems, strict=True):
+        try:
+            image = read_image_file(path)
+        except BadExampleError as e:
+            if single:
+                raise
+            log.warning("skipping %s", e)
+            tally.skipped.append(str(e))
+            continue
+        gt = None
+        if label_dir is not None:
+            gt, problem = ground_truth(label_dir, path.stem, image.shape[:2], info)
+            if problem:
+                log.warning("%s", problem)
+                tally.gt_problems.append(problem)
+        yield path, stem, image, gt
+
+
+def semantic_outputs(base: str, path: pathlib.Path, image: np.ndarray, pred: np.ndarray, gt,
+                     gt_present, image_logits, kappa: int, palette: np.ndarray,
+                     class_names) -> dict[str, list[str]]:
+    """Writes the label PNG(s), the panel and (when `image_logits` [K] is given: RankSeg) the
+    Fig. 1 score chart of one image under `base`; returns {kind: [paths]}.
+
+    pred / gt: int32 [H, W] class ids (gt may be None); gt_present: bool [K] or None."""
+    title = f"{path.name} ({image.shape[0]}x{image.shape[1]})"
+    files_out = {"labels": visualize.write_label_pngs(base, pred, palette)}
+    fig = visualize.panel_figure(image, pred, palette, class_names, gt, title)
+    files_out["panel"] = [visualize.save(fig, f"{base}_panel.png")]
+    if image_logits is not None:
+        fig = visualize.score_chart_figure(image_logits, kappa, class_names, palette,
+                                           gt_present, title)
+        files_out["scores"] = [visualize.save(fig, f"{base}_scores.png")]
+    return files_out
+
+
+def summary(tally: Tally, input_path, out_dir, kappa, has_labels, more=None) -> str:
     """The printed summary; `more`: {kind: description} of further kinds written."""
     lines = [f"predict: {tally.images} image(s) from {input_path} -> {out_dir}"]
     what = {"labels": "label maps (class ids; palette PNG, or 16-bit + colour PNG for K > 256)",
@@ -159,47 +201,28 @@ def predict(config, model, input_path, output_dir, *, label_dir=None) -> list[st
     info = input_pipeline.dataset_info(config)
     k = config.model.num_classes
     input_path, out_dir = pathlib.Path(input_path), pathlib.Path(output_dir)
-    files = _list_inputs(input_path)
+    files = list_inputs(input_path)
     stems = output_stems(files)
     single = input_path.is_file()
     out_dir.mkdir(parents=True, exist_ok=True)
     engine = inference.Inferencer(config, model)
     palette = np.asarray(info.palette, np.uint8)
     kappa = config.model.rankseg.topk
-    tally = _Tally()
+    tally = Tally()
     written: list[str] = []
-    for path, stem in zip(files, stems, strict=True):
-        try:
-            image = read_image_file(path)
-        except BadExampleError as e:
-            if single:
-                raise
-            log.warning("skipping %s", e)
-            tally.skipped.append(str(e))
-            continue
+    for path, stem, image, gt in read_inputs(files, stems, single, tally, label_dir, info):
         tally.images += 1
-        gt = None
-        if label_dir is not None:
-            gt, problem = _ground_truth(label_dir, path.stem, image.shape[:2], info)
-            if problem:
-                log.warning("%s", problem)
-                tally.gt_problems.append(problem)
-            tally.with_gt += gt is not None
+        tally.with_gt += gt is not None
         gt_present = None if gt is None else visualize.class_areas(gt, k) > 0
         res = engine.predict(engine.views(image), image.shape[:2],
                              gt_present.astype(np.float32) if gt_present is not None
                              and model.use_oracle_eval else None)
         base = os.fspath(out_dir / stem)
-        files_out = {"labels": visualize.write_label_pngs(base, res.pred, palette)}
-        title = f"{path.name} ({image.shape[0]}x{image.shape[1]})"
-        fig = visualize.panel_figure(image, res.pred, palette, info.class_names, gt, title)
-        files_out["panel"] = [visualize.save(fig, f"{base}_panel.png")]
-        if res.topk is not None:
-            fig = visualize.score_chart_figure(res.image_logits, kappa, info.class_names,
-                                               palette, gt_present, title)
-            files_out["scores"] = [visualize.save(fig, f"{base}_scores.png")]
+        files_out = semantic_outputs(base, path, image, res.pred, gt, gt_present,
+                                     res.image_logits if res.topk is not None else None,
+                                     kappa, palette, info.class_names)
         for kind, paths in files_out.items():
             tally.add(kind, paths)
             written += paths
-    print(_summary(tally, input_path, out_dir, kappa, label_dir is not None), flush=True)
+    print(summary(tally, input_path, out_dir, kappa, label_dir is not None), flush=True)
     return written

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import pathlib
 import signal
 import threading
 import time
@@ -33,16 +32,17 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 
-from rankseg_jax import checkpointing, pretrained, sharding
+from rankseg_jax import checkpointing, paths, pretrained, run_info, sharding
 from rankseg_jax import config as config_lib
 from rankseg_jax.config import serialization
 from rankseg_jax.data import pipeline as input_pipeline
 from rankseg_jax.train import optim
 from rankseg_jax.train import step as ts
-from rankseg_jax.train.metric_logger import MetricLogger
+from rankseg_jax.train.metric_logger import LOG_FILE, TENSORBOARD, MetricLogger, RunFiles
 from rankseg_jax.train.workdir_lock import WorkdirLock
 
 log = logging.getLogger(__name__)
+PROFILE_DIR = "profile"
 
 
 class TrainingDiverged(FloatingPointError):
@@ -202,8 +202,14 @@ def _verify_applied(state, done: int, last_checked: int, last_saved: int | None,
 # --------------------------------------------------------------------------- loop
 
 
-def train_and_evaluate(config: mlc.ConfigDict, workdir: str | os.PathLike) -> dict:
+def train_and_evaluate(config: mlc.ConfigDict, workdir: str | os.PathLike, *,
+                       info: dict | None = None) -> dict:
     """Trains `config` in `workdir` (resuming from its newest intact checkpoint).
+
+    workdir: a local folder or a cloud URI (`gs://bucket/run`; `rankseg_jax.paths`).
+    info: the run info (`run_info.collect`: config file + variant, overrides) written to
+    `<workdir>/run_info.json` and every checkpoint's metadata; default: collected here
+    (without the config file name).
 
     Returns {'step': last step, 'train': last logged train metrics, 'eval': last eval
     metrics or None, 'preempted': bool, 'stopped_by': 'SIGTERM' | 'SIGINT' | 'preemption' |
@@ -214,11 +220,17 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str | os.PathLike) -> di
     checkpointing.CheckpointError / IncompatibleCheckpoint if no checkpoint can be resumed.
     """
     config_lib.validate(config)
-    workdir = pathlib.Path(workdir).absolute()
+    workdir = paths.check_usable(workdir, "workdir")
     workdir.mkdir(parents=True, exist_ok=True)
+    info = info if info is not None else run_info.collect(config)
+    main = jax.process_index() == 0
     with contextlib.ExitStack() as stack:  # unwound in reverse: the lock goes last
-        if jax.process_index() == 0:
-            stack.enter_context(WorkdirLock(workdir))
+        if main:
+            _lock(workdir, stack)
+        files = RunFiles(workdir, enabled=main)
+        stack.callback(files.close)
+        if main:
+            log.info("run %s: %s", workdir, run_info.describe(info))
         stop = _StopFlag()
         stop.install()
         stack.callback(stop.uninstall)
@@ -231,26 +243,42 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str | os.PathLike) -> di
         data_it = input_pipeline.make_train_iterator(config, counter=counter)
         if hasattr(data_it, "close"):
             stack.callback(data_it.close)
-        ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(workdir), config)
+        ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(workdir), config,
+                                          info=info)
         stack.callback(ckpt.close)  # waits for in-flight saves on every exit path
         state, source = initial_state(setup, ckpt, data_it)
-        if jax.process_index() == 0:
+        if main:
             # After the restore: a run refused for an incompatible checkpoint leaves the
             # run's own config.json (which the refusal message compares against) in place.
             serialization.save(config, workdir)
+            run_info.save(info, workdir)
         start = int(jax.device_get(state["step"]))
         logger = MetricLogger(workdir, total_steps=config.train.steps, initial_step=start,
-                              enabled=jax.process_index() == 0)
+                              enabled=main, files=files)
         stack.callback(logger.close)
         logger.info(f"mesh {dict(mesh.shape)}; weights from {source}; starting at step {start}")
         _warn_if_random_init(config, source, logger)
         _warn_replicated(setup, mesh, logger)
+        # Evaluation reports and profiles go to the local folder of RunFiles (the workdir, or
+        # the staging copy of a cloud workdir, uploaded by its sync).
         result = _train(config, setup, state, start, data_it, counter, ckpt, logger, stop,
-                        workdir)
+                        files.local)
         result["init"] = source
         ckpt.wait_until_finished()
-        logger.info(_summary(config, result, ckpt))
+        logger.info(_summary(config, result, ckpt, workdir))
         return result
+
+
+def _lock(workdir, stack: contextlib.ExitStack) -> None:
+    """Takes the workdir lock (local file systems). Object stores have no atomic
+    create-if-absent through fsspec, so a cloud workdir runs unlocked, with a warning said
+    before any work."""
+    if paths.is_local(workdir):
+        stack.enter_context(WorkdirLock(os.fspath(workdir)))
+    else:
+        log.warning("%s is on a cloud file system: the one-trainer-per-workdir lock "
+                    "(train.lock) is not available there; make sure no other trainer uses "
+                    "this workdir", workdir)
 
 
 def _warn_replicated(setup, mesh, logger) -> None:
@@ -264,8 +292,9 @@ def _warn_replicated(setup, mesh, logger) -> None:
                     "rankseg_jax/sharding.py")
 
 
-def _summary(config, result: dict, ckpt: checkpointing.Checkpointer) -> str:
-    """The end-of-run line: where it stopped, the last checkpoint, skipped examples."""
+def _summary(config, result: dict, ckpt: checkpointing.Checkpointer, workdir) -> str:
+    """The end-of-run summary: where it stopped, the best val mIoU and its step, the latest
+    checkpoint, skipped examples, the files written and the TensorBoard command."""
     how = (f"stopped by {result['stopped_by']}" if result["stopped_by"]
            else "finished")
     text = (f"{how} at step {result['step']}; latest checkpoint: step "
@@ -273,11 +302,72 @@ def _summary(config, result: dict, ckpt: checkpointing.Checkpointer) -> str:
     if config.data.bad_example_policy == "skip":
         text += (f"; {result['skipped_examples']} bad training examples skipped "
                  "(data.bad_example_policy='skip')")
-    return text
+    best = ckpt.best_step()
+    lines = [text]
+    if best is not None:
+        lines.append(f"  best val mIoU: {100 * ckpt.scores[best]:.2f}% at step {best} "
+                     "(--checkpoint=best)")
+    elif result["eval"] is not None and "mIoU" in result["eval"]:
+        lines.append(f"  last val mIoU: {100 * float(result['eval']['mIoU']):.2f}% at step "
+                     f"{result['step']}")
+    lines += [f"  checkpoints: {ckpt.directory}",
+              f"  config:      {workdir / serialization.CONFIG_FILE} "
+              f"(+ {run_info.RUN_INFO_FILE})",
+              f"  logs:        {workdir / LOG_FILE}, {workdir / 'metrics.jsonl'}, "
+              f"{workdir / TENSORBOARD}/"]
+    if config.train.eval_every:
+        lines.append(f"  evaluation:  {workdir}/eval_val_step<N>.json/.csv")
+    if config.train.profile_steps:
+        lines.append(f"  profile:     {workdir / PROFILE_DIR}/")
+    lines.append(f"  TensorBoard: tensorboard --logdir {workdir}  "
+                 "(pip install 'rankseg_jax[tensorboard]')")
+    return "\n".join(lines)
 
 
-def _train(config, setup, state, start, data_it, counter, ckpt, logger, stop, workdir):
-    """The step loop from `start` to train.steps (or a stop request); returns the result."""
+class _Profiler:
+    """A jax.profiler trace of steps [start, stop) (train.profile_steps) in `<out>/profile`."""
+
+    def __init__(self, steps: tuple, out_dir: str | None):
+        self.window = tuple(steps) if steps and out_dir else None
+        self.dir = os.path.join(out_dir, PROFILE_DIR) if out_dir else None
+        self.active = False
+
+    def before(self, step: int) -> None:
+        """Called before running step `step` (0-based)."""
+        if self.window and step == self.window[0]:
+            jax.profiler.start_trace(self.dir)
+            self.active = True
+
+    def after(self, done: int, state) -> None:
+        """Called after `done` steps; stops the trace at the end of the window."""
+        if self.active and done >= self.window[1]:
+            jax.block_until_ready(state)
+            jax.profiler.stop_trace()
+            self.active = False
+            log.info("profile of steps %d-%d written to %s (tensorboard --logdir %s, "
+                     "Profile tab)", self.window[0], self.window[1] - 1, self.dir, self.dir)
+
+    def close(self) -> None:
+        if self.active:
+            jax.profiler.stop_trace()
+            self.active = False
+
+
+def _train(config, setup, state, start, data_it, counter, ckpt, logger, stop, out_dir):
+    """The step loop from `start` to train.steps (or a stop request); returns the result.
+
+    out_dir: local folder for evaluation reports and the profile (None on processes > 0).
+    """
+    profiler = _Profiler(config.train.profile_steps, out_dir)
+    try:
+        return _steps(config, setup, state, start, data_it, counter, ckpt, logger, stop,
+                      out_dir, profiler)
+    finally:
+        profiler.close()
+
+
+def _steps(config, setup, state, start, data_it, counter, ckpt, logger, stop, out_dir,
+           profiler):
     t = config.train
     train_step = ts.make_train_step(setup)
     # A raw uint32 key assembled as a global array (device_put cannot target other
@@ -290,10 +380,18 @@ def _train(config, setup, state, start, data_it, counter, ckpt, logger, stop, wo
               "stopped_by": None, "skipped_examples": 0}
     last_saved, last_checked = ckpt.latest_step(), start
     tick, tick_step = time.perf_counter(), start
+    # Step time for the ETA: measured from the end of the first (compiling) step of this
+    # process, so compilation does not inflate it.
+    timed = None  # (time, step) at the end of the first step
     interval = None  # metrics summed on device since the last log line
     for step in range(start, t.steps):
+        profiler.before(step)
         batch = input_pipeline.to_global(next(data_it), batch_sh)
         state, metrics = train_step(state, batch, base_key)
+        if timed is None:
+            jax.block_until_ready(metrics)
+            timed = (time.perf_counter(), step + 1)
+            logger.info(f"first step (compilation included) took {timed[0] - tick:.1f} s")
         interval = metrics if interval is None else jax.tree.map(jnp.add, interval, metrics)
         done = step + 1
         last = done == t.steps
@@ -311,7 +409,9 @@ def _train(config, setup, state, start, data_it, counter, ckpt, logger, stop, wo
                           images_per_s=t.batch_size / dt)
             if skip_policy:  # since this process started (not part of the checkpoint)
                 values["skipped_examples"] = counter.count
-            logger.log_train(done, values, eta_s=dt * (t.steps - done))
+            compiled = done - timed[1]  # steps timed after compilation
+            eta = (now - timed[0]) / compiled * (t.steps - done) if compiled > 0 else None
+            logger.log_train(done, values, eta_s=eta)
             result["train"], tick, tick_step = values, now, done
         evaluating = bool(t.eval_every) and (done % t.eval_every == 0 or last)
         preempted = stop.set or ckpt.reached_preemption(done)
@@ -322,7 +422,7 @@ def _train(config, setup, state, start, data_it, counter, ckpt, logger, stop, wo
             ckpt.save(done, state, data_it, force=True)
             last_saved = done
         if evaluating:
-            eval_metrics = _evaluate_or_report(config, setup, state["params"], workdir, done,
+            eval_metrics = _evaluate_or_report(config, setup, state["params"], out_dir, done,
                                                logger)
             if eval_metrics is not None:
                 logger.log_eval(done, eval_metrics)
@@ -330,6 +430,7 @@ def _train(config, setup, state, start, data_it, counter, ckpt, logger, stop, wo
                 if t.keep_best and "mIoU" in eval_metrics:
                     ckpt.record_score(done, float(eval_metrics["mIoU"]))
             preempted = preempted or stop.set  # asked during evaluation: already saved
+        profiler.after(done, state)
         logger.advance(done)
         result["step"] = done
         if preempted:

@@ -9,8 +9,13 @@ systems, so of two trainers started together exactly one gets it.
 A lock left behind by a process that died without cleaning up (SIGKILL, out-of-memory kill,
 power loss) is stale when its holder is on this host and no longer alive (its pid is gone,
 or now belongs to a process started at another time): it is taken over with a warning. A
-holder on another host cannot be checked from here, so the run is refused and the message
-says which file to delete once that run is known to be gone.
+holder on another host cannot be checked from here; instead the holder refreshes the file's
+modification time every `HEARTBEAT_S` seconds (a daemon thread), and a lock of another host
+that has not been refreshed for `STALE_AFTER_S` seconds is stale. This is what lets a
+preempted run restart on a new machine (a new TPU VM, a requeued SLURM job) without anybody
+deleting the lock, while a live trainer elsewhere is still refused. The margin absorbs clock
+differences between hosts and a file system's coarse timestamps; until it has passed the
+message says which file to delete once that run is known to be gone.
 """
 
 from __future__ import annotations
@@ -23,11 +28,14 @@ import os
 import pathlib
 import socket
 import sys
+import threading
 import time
 
 log = logging.getLogger(__name__)
 
 LOCK_FILE = "train.lock"
+HEARTBEAT_S = 30.0  # how often the holder refreshes the lock's modification time
+STALE_AFTER_S = 300.0  # a lock of another host not refreshed for this long is stale
 
 
 class WorkdirLocked(RuntimeError):
@@ -88,9 +96,13 @@ class WorkdirLock:
     it is still this process's.
     """
 
-    def __init__(self, workdir: str | os.PathLike):
+    def __init__(self, workdir: str | os.PathLike, *, heartbeat_s: float = HEARTBEAT_S,
+                 stale_after_s: float = STALE_AFTER_S):
         self.path = pathlib.Path(workdir) / LOCK_FILE
+        self.heartbeat_s, self.stale_after_s = heartbeat_s, stale_after_s
         self._me: dict | None = None
+        self._stop = threading.Event()
+        self._beater: threading.Thread | None = None
 
     def acquire(self) -> None:
         me = _this_process()
@@ -106,8 +118,9 @@ class WorkdirLock:
                     raise WorkdirLocked(
                         f"{self.path.parent} is in use by another trainer: "
                         f"{describe(holder)}. Wait for it to finish or stop it, or use "
-                        f"another --workdir. If that run is gone (e.g. its machine died), "
-                        f"delete {self.path}.") from None
+                        f"another --workdir. A lock of another host is taken over once it has "
+                        f"not been refreshed for {self.stale_after_s:.0f} s; if that run is "
+                        f"gone (e.g. its machine died), delete {self.path}.") from None
                 self._take_over(holder)
                 continue
             with os.fdopen(fd, "w") as f:
@@ -115,6 +128,7 @@ class WorkdirLock:
                 f.flush()
                 os.fsync(f.fileno())
             self._me = me
+            self._start_heartbeat()
             return
         raise WorkdirLocked(f"could not take {self.path}: it keeps changing")
 
@@ -127,8 +141,28 @@ class WorkdirLock:
                 return _read(self.path) is None
             except FileNotFoundError:
                 return True
-        return (holder.get("host") == socket.gethostname()
-                and not _alive(holder["pid"], holder.get("start")))
+        if holder.get("host") == socket.gethostname():
+            return not _alive(holder["pid"], holder.get("start"))
+        try:
+            age = time.time() - self.path.stat().st_mtime
+        except FileNotFoundError:
+            return True
+        return age > self.stale_after_s
+
+    def _start_heartbeat(self) -> None:
+        self._stop.clear()
+        self._beater = threading.Thread(target=self._heartbeat, name="workdir-lock-heartbeat",
+                                        daemon=True)
+        self._beater.start()
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            self.beat()
+
+    def beat(self) -> None:
+        """Refreshes the lock's modification time (the heartbeat other hosts check)."""
+        with contextlib.suppress(OSError):  # a missed beat only shortens the margin
+            os.utime(self.path)
 
     def _take_over(self, holder: dict | None) -> None:
         # Renaming is atomic: of two trainers that both found the lock stale, one renames it
@@ -161,6 +195,10 @@ class WorkdirLock:
                     self.path, describe(holder) if holder else "an unknown process")
 
     def release(self) -> None:
+        self._stop.set()
+        if self._beater is not None:
+            self._beater.join(timeout=5.0)
+            self._beater = None
         if self._me is None:
             return
         with contextlib.suppress(FileNotFoundError):

@@ -411,6 +411,25 @@ def test_unused_and_missing_keys_reported(tmp_path):
     assert report.missing == ["backbone/layers/1/norm2/bias <- backbone.layers.1.ln2.bias"]
 
 
+def test_mismatch_message_is_summarised(tmp_path):
+    """A wrong-model checkpoint gives counts and the first 10 keys of each kind (the full
+    lists in .details), not every key on one line."""
+    sd = torch_io.read_pth(FIXTURES / "baseline.pth")
+    extra = {f"unrelated.block{i}.weight": np.zeros(2, np.float32) for i in range(40)}
+    src = tmp_path / "other.pth"
+    torch_io.write_pth(src, {**{k: v for k, v in sd.items() if "layers.1." not in k}, **extra})
+    with pytest.raises(CheckpointMismatch) as err:
+        ours(tiny_config("baseline"), src)
+    msg, details = str(err.value), err.value.details
+    assert len(details["unused keys"]) == 40 and len(details["missing keys"]) > 10
+    unused = details["unused keys"]
+    assert f"unused keys (40): {', '.join(unused[:10])}, ... and 30 more" in msg
+    assert all(k not in msg for k in unused[10:])
+    n_missing = len(details["missing keys"])
+    assert f"missing keys ({n_missing})" in msg and f"and {n_missing - 10} more" in msg
+    assert len(msg) < 2500
+
+
 def test_class_count_mismatch_and_reset_head():
     cfg = tiny_config("rankseg", num_classes=12)
     with pytest.raises(CheckpointMismatch, match="reset_head"):

@@ -25,7 +25,7 @@ def _main(*args, timeout=600):
 def test_smoke_configs_train_and_evaluate(tmp_path, config):
     _main(f"--config={config}", f"--workdir={tmp_path}")
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert rows[-1]["step"] == 4 and any("mIoU" in r for r in rows)
+    assert rows[-1]["step"] == 4 and any("mIoU_pct" in r for r in rows)
     assert (tmp_path / "checkpoints" / "4").is_dir()
     assert list((tmp_path / "tensorboard").iterdir())
     report = json.loads((tmp_path / "eval_val_step4.json").read_text())

@@ -118,10 +118,10 @@ def test_other_model_size_names_parameter_shapes_and_options(tmp_path):
     msg = str(err.value)
     assert f"{run / 'checkpoints' / '1'} does not fit this model" in msg
     assert "backbone/layers/0/attn/query/kernel: checkpoint (32, 32), model (16, 16)" in msg
-    assert "model.vit.embed_dim=32 (checkpoint) vs 16 (now)" in msg
-    assert "model.head.d_ff=128 (checkpoint) vs 64 (now)" in msg
+    assert "model.vit.embed_dim: run=32, given=16" in msg
+    assert "model.head.d_ff: run=128, given=64" in msg
     assert not any(p.name.startswith("1.broken") for p in (run / "checkpoints").iterdir())
     # The same for the inference path (predict/eval/load_model read a run directory).
-    with pytest.raises(checkpointing.IncompatibleCheckpoint, match="model.vit.embed_dim=32"):
+    with pytest.raises(checkpointing.IncompatibleCheckpoint, match="model.vit.embed_dim: run=32"):
         checkpointing.resolve_params(run, small, setup_small.abstract_state["params"],
                                      fresh_params=lambda: None)

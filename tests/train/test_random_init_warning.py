@@ -3,7 +3,7 @@
 import helpers  # noqa: F401  (puts the repo root on sys.path)
 import pytest
 
-from configs import ade20k, coco_lvis, demo
+from configs import ade20k, ade20k_mask2former, ade20k_panoptic, coco_lvis, demo, demo_mask2former
 from rankseg_jax import pretrained
 from rankseg_jax.train import loop
 
@@ -18,6 +18,18 @@ def test_paper_configs_warn_with_the_paper_checkpoint(variant, file):
     npz = f"{file}--imagenet2012-steps_20k-lr_0.01-res_384.npz"
     assert npz in message and f"{pretrained.AUGREG_URL}{npz}" in message
     assert "ade20k" in message and "--config.init.pretrained" in message
+
+
+@pytest.mark.parametrize("variant,file", [
+    ("", "swin_large_patch4_window12_384_22k.pth"),
+    ("swin_b", "swin_base_patch4_window12_384_22k.pth"),
+])
+def test_mask2former_configs_warn_with_the_swin_checkpoint(variant, file):
+    for module in (ade20k_mask2former, ade20k_panoptic):
+        message = pretrained.random_init_warning(module.get_config(variant))
+        assert f"{pretrained.SWIN_URL}{file}" in message, message
+        assert "--config.init.pretrained" in message
+    assert pretrained.random_init_warning(demo_mask2former.get_config()) is None
 
 
 def test_no_warning_when_weights_are_given_or_data_are_synthetic():

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -66,8 +67,37 @@ def test_holder_on_another_host_is_refused_and_the_file_named(tmp_path):
     (tmp_path / LOCK_FILE).write_text(json.dumps(
         {"pid": _dead_pid(), "host": "elsewhere", "start": "1", "started_at": "t",
          "command": "c"}))
-    with pytest.raises(WorkdirLocked, match=rf"host 'elsewhere'.*delete {tmp_path / LOCK_FILE}"):
+    with pytest.raises(WorkdirLocked, match=rf"host 'elsewhere'.*not been refreshed for 300 s"
+                                            rf".*delete {tmp_path / LOCK_FILE}"):
         WorkdirLock(tmp_path).acquire()
+
+
+def test_lock_of_another_host_is_taken_over_once_its_heartbeat_stops(tmp_path, caplog):
+    """A preempted run restarting on a new machine: the old host's lock, no longer refreshed,
+    is taken over after the stale margin; a refreshed one is still refused."""
+    path = tmp_path / LOCK_FILE
+    path.write_text(json.dumps({"pid": 1, "host": "old-vm", "start": "1", "started_at": "t",
+                                "command": "c"}))
+    with pytest.raises(WorkdirLocked, match="old-vm"):
+        WorkdirLock(tmp_path, stale_after_s=60).acquire()
+    old = path.stat().st_mtime - 61
+    os.utime(path, (old, old))
+    with caplog.at_level(logging.WARNING), WorkdirLock(tmp_path, stale_after_s=60):
+        assert json.loads(path.read_text())["host"] == socket.gethostname()
+    assert "took over the stale lock" in caplog.text and "old-vm" in caplog.text
+
+
+def test_holder_refreshes_its_lock(tmp_path):
+    lock = WorkdirLock(tmp_path, heartbeat_s=0.05)
+    lock.acquire()
+    path = tmp_path / LOCK_FILE
+    os.utime(path, (1.0, 1.0))
+    deadline = time.time() + 10
+    while path.stat().st_mtime < 2.0 and time.time() < deadline:
+        time.sleep(0.05)
+    assert path.stat().st_mtime > time.time() - 60  # the heartbeat thread refreshed it
+    lock.release()
+    assert not path.exists() and lock._beater is None
 
 
 def test_release_leaves_another_holders_lock_alone(tmp_path):

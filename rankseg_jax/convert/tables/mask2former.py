@@ -247,5 +247,5 @@ def convert_imagenet_swin(state_dict: Mapping[str, np.ndarray], config: mlc.Conf
         raise engine.CheckpointMismatch(
             f"{source} is a backbone-only Swin checkpoint; pass allow_partial "
             f"(--allow-partial) to keep these {len(report.missing)} params at their fresh "
-            f"init: {report.missing}")
+            f"init: {engine.key_summary(report.missing)}", {"missing keys": report.missing})
     return params, report
