@@ -235,6 +235,13 @@ def base_config() -> mlc.ConfigDict:
     s.min_classes = 2  # fewest classes per image
     s.max_classes = 8  # most classes per image
     s.num_scenes = 8  # scene types (class co-occurrence groups)
+    # Difficulty knobs of the synthetic dataset (rankseg_jax/data/synthetic.py; the defaults
+    # give the original dataset; docs/synthetic_study.md chooses them for the study):
+    s.confusable = 2  # classes sharing one local look (colour + texture), in different scenes
+    s.in_scene = 0.85  # probability that a class of an image comes from its scene's pool
+    s.scene_cue = 30.0  # amplitude (grey levels) of the scene's tinted ramp: the global cue
+    s.tail = 0.8  # exponent of the long tail of class frequencies inside a scene
+    s.noise = 6.0  # std of the per-pixel noise (texture difficulty)
     # `synthetic_panoptic` (things with several instances on stuff): the first num_things of
     # the model.num_classes classes are things, the rest stuff; at most max_instances thing
     # instances per image (plus up to 3 stuff segments and an optional crowd).

@@ -77,10 +77,7 @@ def make_source(config, split: str):
             s.num_train if split == "train" else s.num_val, s.image_size, s.num_things,
             info.num_classes - s.num_things, s.max_instances, seed=config.seed, split=split)
     if d.format == "synthetic":
-        s = d.synthetic
-        return SyntheticSource(
-            info.num_classes, s.num_train if split == "train" else s.num_val, s.image_size,
-            s.min_classes, s.max_classes, s.num_scenes, seed=config.seed, split=split)
+        return SyntheticSource.from_config(config, split)
     if not d.root:
         raise ValueError(f"data.root is empty; data.format={d.format!r} needs a dataset root")
     if info.is_panoptic:

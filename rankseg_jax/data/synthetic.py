@@ -6,12 +6,21 @@ image-level ranking has something to learn):
     85% from that scene's pool (long-tailed: weight ~ 1/(1 + c // S)^0.8) and 15% from anywhere,
     so which classes co-occur depends on the scene, as in ADE20K.
   * Local ambiguity. Classes 2j and 2j+1 (always in different scenes when S > 1) share the same
-    colour and stripe texture: a patch alone cannot tell them apart.
+    colour and stripe texture: a patch alone cannot tell them apart (`confusable` below).
   * Global disambiguation. Every image carries a scene-specific colour gradient (direction and
     tint vector fixed per scene) plus a random global brightness shift. Locally the gradient is
     just an offset; over the whole image its direction names the scene, and so resolves 2j/2j+1.
   * Regions are Voronoi cells of warped coordinates (several seeds per class), giving irregular
     shapes; a thin band along cell boundaries is labelled ignore (255), like real annotations.
+Difficulty knobs (`config.data.synthetic.*`, defaults = the settings above):
+  * confusable (G, default 2): classes G*j .. G*j+G-1 share one look, so a patch alone leaves
+    G candidates; with G <= S they lie in G different scenes and the scene cue resolves them.
+  * in_scene (0.85): probability that a drawn class comes from the image's scene pool; the
+    rest are drawn from all K classes (out-of-context objects, which context cannot resolve).
+  * scene_cue (30): amplitude in grey levels of the scene's tinted ramp (0 = no global cue
+    beyond which classes co-occur).
+  * tail (0.8): exponent of the long tail of class frequencies inside a scene.
+  * noise (6): standard deviation of the per-pixel noise (texture difficulty).
 Class names (`class_names`): each scene type has a theme ("beach", "forest", ...) and its
 classes are named after it ("sand", "sea", ... ; "tree", "moss", ...), so pictures and charts
 read like scenes. Names are labels only: the pixels and labels do not depend on them.
@@ -81,27 +90,38 @@ class SyntheticSource:
       image_size: (H, W) of every image.
       min_classes, max_classes: range of classes per image (inclusive).
       num_scenes: S, the number of scene types.
-      seed: dataset seed; the appearance of classes depends only on (K, S), not on it.
+      seed: dataset seed; the appearance of classes depends only on (K, S, G), not on it.
       split: "train" | "val" | "test" (different streams).
+      confusable, in_scene, scene_cue, tail, noise: the difficulty knobs (module doc); the
+        defaults give the original dataset bit for bit.
     `src[i]` -> {'image': uint8 [H,W,3] RGB, 'label': int32 [H,W] in [0,K) or 255, 'name': str}.
+    Raises ValueError for settings outside their ranges.
     """
 
     def __init__(self, num_classes: int, num_examples: int, image_size=(512, 512),
                  min_classes: int = 2, max_classes: int = 8, num_scenes: int = 8,
-                 seed: int = 0, split: str = "train"):
+                 seed: int = 0, split: str = "train", *, confusable: int = 2,
+                 in_scene: float = 0.85, scene_cue: float = 30.0, tail: float = 0.8,
+                 noise: float = 6.0):
         if num_classes < 2 or not 1 <= min_classes <= max_classes:
             raise ValueError(f"bad synthetic settings: K={num_classes}, "
                              f"classes per image {min_classes}..{max_classes}")
+        if (confusable < 1 or not 0.0 <= in_scene <= 1.0 or scene_cue < 0 or tail < 0
+                or noise < 0):
+            raise ValueError(f"bad synthetic settings: confusable={confusable} (>= 1), "
+                             f"in_scene={in_scene} (0..1), scene_cue={scene_cue}, tail={tail}, "
+                             f"noise={noise} (>= 0)")
         self.num_classes, self.num_examples = num_classes, num_examples
         self.image_size = tuple(image_size)
         self.min_classes, self.max_classes = min_classes, min(max_classes, num_classes)
         self.num_scenes = max(1, min(num_scenes, num_classes))
         self.seed, self.split = seed, split
+        self.confusable, self.in_scene, self.noise = int(confusable), float(in_scene), noise
         self._split_id = _SPLIT_IDS.get(split, 3)
         k, s = num_classes, self.num_scenes
-        # Appearance tables are a function of (K, S) only, so train and val agree.
+        # Appearance tables are a function of (K, S, G) only, so train and val agree.
         arng = np.random.default_rng([k, s, 12345])
-        groups = (k + 1) // 2
+        groups = -(-k // self.confusable)  # one look per group of G classes
         self._colour = arng.uniform(50, 205, (groups, 3)).astype(np.float32)
         theta = arng.uniform(0, np.pi, groups)
         freq = arng.uniform(0.08, 0.6, groups)
@@ -111,14 +131,24 @@ class SyntheticSource:
         angle = 2 * np.pi * np.arange(s) / s + arng.uniform(0, 0.3, s)
         self._scene_dir = np.stack([np.cos(angle), np.sin(angle)], 1).astype(np.float32)
         tint = arng.normal(size=(s, 3))
-        self._scene_tint = (30 * tint / np.linalg.norm(tint, axis=1, keepdims=True)).astype(
-            np.float32)
+        self._scene_tint = (scene_cue * tint / np.linalg.norm(tint, axis=1, keepdims=True)
+                            ).astype(np.float32)
         self._scene_of = np.arange(k) % s
-        w = 1.0 / (1.0 + np.arange(k) // s) ** 0.8
+        w = 1.0 / (1.0 + np.arange(k) // s) ** tail
         self._pools = []
         for sc in range(s):
             members = np.flatnonzero(self._scene_of == sc)
             self._pools.append((members, w[members] / w[members].sum()))
+
+    @classmethod
+    def from_config(cls, config, split: str) -> SyntheticSource:
+        """The source of `split` ("train" | "val" | other) described by a validated config:
+        K = `model.num_classes`, every `data.synthetic.*` option, seed = `config.seed`."""
+        s = config.data.synthetic
+        return cls(config.model.num_classes, s.num_train if split == "train" else s.num_val,
+                   s.image_size, s.min_classes, s.max_classes, s.num_scenes, seed=config.seed,
+                   split=split, confusable=s.confusable, in_scene=s.in_scene,
+                   scene_cue=s.scene_cue, tail=s.tail, noise=s.noise)
 
     def __len__(self) -> int:
         return self.num_examples
@@ -128,7 +158,7 @@ class SyntheticSource:
         members, p = self._pools[scene]
         chosen: list[int] = []
         while len(chosen) < n:
-            if rng.random() < 0.85 and len(members):
+            if rng.random() < self.in_scene and len(members):
                 c = int(rng.choice(members, p=p))
             else:
                 c = int(rng.integers(self.num_classes))
@@ -172,7 +202,7 @@ class SyntheticSource:
         # Render the image at half resolution and upsample once: 4x fewer float passes.
         h2, w2 = max(H // 2, 1), max(W // 2, 1)
         slot2 = cv2.resize(slot_small.astype(np.uint8), (w2, h2), interpolation=cv2.INTER_NEAREST)
-        group = classes // 2  # classes 2j and 2j+1 look alike locally
+        group = classes // self.confusable  # classes G*j .. G*j+G-1 look alike locally
         yy = np.arange(h2, dtype=np.float32)[:, None] * 2
         xx = np.arange(w2, dtype=np.float32)[None, :] * 2
         phase = self._ky[group][slot2] * yy + self._kx[group][slot2] * xx + rng.uniform(0, 6.3)
@@ -182,7 +212,7 @@ class SyntheticSource:
         ramp = (dy * (yy / H - 0.5) + dx * (xx / W - 0.5)) * 2.0
         image += ramp[..., None] * self._scene_tint[scene]
         image += rng.uniform(-20, 20)  # global brightness: absolute colour is not a cue
-        image += rng.normal(0, 6, (h2, w2, 1)).astype(np.float32)
+        image += rng.normal(0, self.noise, (h2, w2, 1)).astype(np.float32)
         image = cv2.resize(np.clip(image, 0, 255).astype(np.uint8), (W, H),
                            interpolation=cv2.INTER_LINEAR)
         slot = cv2.resize(slot_small.astype(np.uint8), (W, H), interpolation=cv2.INTER_NEAREST)

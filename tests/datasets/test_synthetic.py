@@ -102,3 +102,59 @@ def test_class_names_follow_the_scenes():
     c.data.synthetic.num_scenes = 3
     assert dataset_info(c).class_names == synthetic.class_names(30, 3)
     assert registry.get_dataset_info("synthetic", num_classes=2).class_names == ("sand", "tree")
+
+
+def test_difficulty_knobs():
+    # `confusable` = G: classes G*j .. G*j+G-1 share colour and texture, and lie in different
+    # scenes; the other knobs change what they name and are validated.
+    src = SyntheticSource(16, 300, (32, 32), num_scenes=4, confusable=4, seed=2)
+    assert len(src._colour) == 4 and len(set(src._scene_of[:4].tolist())) == 4
+    sums, n = np.zeros((16, 3)), np.zeros(16)
+    for i in range(300):
+        ex = src[i]
+        for c in np.unique(ex["label"][ex["label"] != 255]):
+            sums[c] += ex["image"][ex["label"] == c].mean(0)
+            n[c] += 1
+    mean = sums / np.maximum(n, 1)[:, None]
+    same = np.mean([np.abs(mean[a] - mean[b]).mean() for a in range(16) for b in range(16)
+                    if a != b and a // 4 == b // 4])
+    other = np.mean([np.abs(mean[a] - mean[b]).mean() for a in range(16) for b in range(16)
+                     if a // 4 != b // 4])
+    assert same < 0.5 * other
+    assert np.allclose(np.linalg.norm(SyntheticSource(32, 1, scene_cue=7.0)._scene_tint, axis=1),
+                       7.0, atol=1e-4)
+    # in_scene = 1: every class of an image is from one scene.
+    pure = SyntheticSource(64, 30, (48, 48), num_scenes=8, in_scene=1.0, seed=5)
+    for i in range(30):
+        lab = pure[i]["label"]
+        assert len(np.unique(lab[lab != 255] % 8)) == 1
+    # noise = 0 removes the per-pixel noise only: the same layout, a smoother image.
+    a = SyntheticSource(48, 4, (64, 64), seed=1)[0]
+    b = SyntheticSource(48, 4, (64, 64), seed=1, noise=0.0)[0]
+    np.testing.assert_array_equal(a["label"], b["label"])
+    assert not np.array_equal(a["image"], b["image"])
+    for bad in (dict(confusable=0), dict(in_scene=1.5), dict(scene_cue=-1.0), dict(tail=-1.0),
+                dict(noise=-1.0)):
+        with pytest.raises(ValueError, match="bad synthetic settings"):
+            SyntheticSource(48, 4, **bad)
+
+
+def test_from_config_reads_every_option():
+    from rankseg_jax.config import base_config
+    from rankseg_jax.data.pipeline import make_source
+
+    c = base_config()
+    c.model.num_classes, c.seed = 40, 3
+    s = c.data.synthetic
+    s.num_train, s.num_val, s.image_size = 7, 5, (40, 48)
+    s.min_classes, s.max_classes, s.num_scenes = 2, 3, 4
+    s.confusable, s.in_scene, s.scene_cue, s.tail, s.noise = 2, 0.5, 10.0, 1.0, 2.0
+    direct = SyntheticSource(40, 5, (40, 48), 2, 3, 4, seed=3, split="val", confusable=2,
+                             in_scene=0.5, scene_cue=10.0, tail=1.0, noise=2.0)
+    for src in (SyntheticSource.from_config(c, "val"), make_source(c, "val")):
+        assert len(src) == 5
+        np.testing.assert_array_equal(src[1]["image"], direct[1]["image"])
+        np.testing.assert_array_equal(src[1]["label"], direct[1]["label"])
+    assert len(make_source(c, "train")) == 7
+    s.confusable = 4  # every knob reaches the data
+    assert not np.array_equal(make_source(c, "val")[1]["image"], direct[1]["image"])
