@@ -57,6 +57,7 @@ DATA_FORMATS = ("folder", "array_record", "synthetic")
 BAD_EXAMPLE_POLICIES = ("fail", "skip")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("poly", "constant")
+DROPOUT_PRNGS = ("threefry", "rbg")
 
 
 class ConfigError(ValueError):
@@ -253,6 +254,10 @@ def base_config() -> mlc.ConfigDict:
     t.keep_best = True  # also keep the checkpoint with the best val mIoU
     t.async_checkpointing = True
     t.check_finite_every = 1  # host check of loss/grad finiteness every N steps (0 = never)
+    # PRNG of the step's dropout / drop-path / point-sampling key: "threefry" (JAX default)
+    # or "rbg" (XLA's RngBitGenerator: much cheaper bits on CPU/GPU/TPU; another random
+    # stream, equally deterministic and resume-exact). The run key itself stays threefry.
+    t.dropout_prng = "threefry"
 
     # ------------------------------------------------------------------ optimizer
     c.optim = o = mlc.ConfigDict()
