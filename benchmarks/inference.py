@@ -95,6 +95,7 @@ def main() -> None:
     ap.add_argument("--xla_defaults", action="store_true",
                     help="do not add the project's XLA:CPU flags (rankseg_jax/runtime.py)")
     ap.add_argument("--standard", action="store_true")
+    ap.add_argument("--only", default="", help="comma-separated row indices of the standard set")
     ap.add_argument("--append", action="store_true")
     ap.add_argument("--worker", nargs="*", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -106,6 +107,8 @@ def main() -> None:
     runtime_setup(a.xla_defaults)
     jobs = STANDARD if a.standard else [
         (a.preset, a.size, a.k, 0 if a.baseline else a.kappa, a.mode, a.path)]
+    if a.only:
+        jobs = [jobs[int(i)] for i in a.only.split(",")]
     rows = []
     for job in jobs:
         cmd = [sys.executable, __file__, "--worker", *map(str, job), str(a.runs), str(a.warmup)]

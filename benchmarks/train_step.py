@@ -234,6 +234,7 @@ def main() -> None:
                     help="do not add the project's XLA:CPU flags (rankseg_jax/runtime.py)")
     ap.add_argument("--standard", action="store_true",
                     help="the standard set (CPU-sized; larger rows on GPU/TPU)")
+    ap.add_argument("--only", default="", help="comma-separated row indices of the standard set")
     ap.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -243,6 +244,8 @@ def main() -> None:
     runtime_setup(a.xla_defaults)
     jobs = standard_jobs(STANDARD, STANDARD_ACCELERATOR) if a.standard else [
         (a.preset, a.size, a.k, 0 if a.baseline else a.kappa, a.batch)]
+    if a.only:
+        jobs = [jobs[int(i)] for i in a.only.split(",")]
     rows = []
     for preset, size, k, kappa, batch in jobs:
         job = dict(preset=preset, size=size, k=k, kappa=kappa, batch=batch, dtype=a.dtype,

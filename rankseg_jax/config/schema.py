@@ -255,8 +255,9 @@ def base_config() -> mlc.ConfigDict:
     t.async_checkpointing = True
     t.check_finite_every = 1  # host check of loss/grad finiteness every N steps (0 = never)
     # PRNG of the step's dropout / drop-path / point-sampling key: "threefry" (JAX default)
-    # or "rbg" (XLA's RngBitGenerator: much cheaper bits on CPU/GPU/TPU; another random
-    # stream, equally deterministic and resume-exact). The run key itself stays threefry.
+    # or "rbg" (XLA's RngBitGenerator, the usual choice on TPU; another random stream,
+    # equally deterministic and resume-exact; measured 9% SLOWER on XLA:CPU, see
+    # BENCHMARKS.md; unmeasured on GPU/TPU). The run key itself stays threefry.
     t.dropout_prng = "threefry"
 
     # ------------------------------------------------------------------ optimizer
