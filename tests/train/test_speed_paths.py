@@ -103,3 +103,10 @@ def test_cache_dir_setting_precedence(monkeypatch):
     monkeypatch.setenv(runtime.CACHE_ENV, "/tmp/c")
     assert runtime.cache_dir_setting(None) == "/tmp/c"
     assert runtime.cache_dir_setting("") == ""  # the flag wins, empty = off
+
+
+def test_dropout_prng_is_validated():
+    from rankseg_jax import config as config_lib
+
+    with pytest.raises(config_lib.ConfigError, match="train.dropout_prng"):
+        small_train_config(**{"train.dropout_prng": "philox"})
