@@ -31,6 +31,29 @@ PEAK_TFLOPS = {
 }
 
 
+def runtime_setup(xla_defaults: bool = False) -> list[str]:
+    """Applies the project's XLA:CPU flags (`rankseg_jax.runtime.configure_cpu_flags`) to
+    this process's environment, which the benchmark workers inherit, unless `xla_defaults`.
+    Call before jax initialises a backend. Returns the flags added. The persistent
+    compilation cache stays off here: the benchmarks measure compile time."""
+    from rankseg_jax import runtime
+
+    return [] if xla_defaults else runtime.configure_cpu_flags()
+
+
+def default_backend() -> str:
+    """'cpu', 'gpu' or 'tpu', asked of a fresh process (this one never initialises jax, so
+    the workers get the whole accelerator)."""
+    res = subprocess.run([sys.executable, "-c", "import jax; print(jax.default_backend())"],
+                         capture_output=True, text=True, check=True)
+    return res.stdout.strip().splitlines()[-1]
+
+
+def standard_jobs(cpu_jobs: list, accelerator_jobs: list) -> list:
+    """The standard set: the CPU-sized jobs, plus the larger ones on a GPU/TPU."""
+    return list(cpu_jobs) + ([] if default_backend() == "cpu" else list(accelerator_jobs))
+
+
 def peak_tflops(device_kind: str, dtype: str) -> float | None:
     """The chip's dense peak for `dtype`, or None when unknown (e.g. CPU)."""
     for name, peaks in PEAK_TFLOPS.items():

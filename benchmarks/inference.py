@@ -27,7 +27,13 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import append_to_benchmarks, environment, markdown_section, memory_numbers  # noqa: E402
+from common import (  # noqa: E402
+    append_to_benchmarks,
+    environment,
+    markdown_section,
+    memory_numbers,
+    runtime_setup,
+)
 from train_step import PRESET_NAMES, build_config  # noqa: E402
 
 # (preset, size, K, kappa (0 = baseline), mode, path)
@@ -63,13 +69,15 @@ def measure(preset: str, size: int, k: int, kappa: int, mode: str, path: str, ru
     compile_s = time.perf_counter() - t
     for _ in range(warmup):
         jax.block_until_ready(compiled(image))
-    times = []
+    times, cpu = [], []
     for _ in range(runs):
-        t = time.perf_counter()
+        t, p = time.perf_counter(), time.process_time()
         jax.block_until_ready(compiled(image))
         times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - p)
     return {"preset": preset, "size": size, "K": k, "kappa": kappa or None, "mode": mode,
             "path": path, "compile_s": round(compile_s, 1), "time_s": statistics.median(times),
+            "cpu_s": statistics.median(cpu),
             **memory_numbers(compiled)}
 
 
@@ -84,7 +92,10 @@ def main() -> None:
     ap.add_argument("--path", default="light", choices=["light", "full"])
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--xla_defaults", action="store_true",
+                    help="do not add the project's XLA:CPU flags (rankseg_jax/runtime.py)")
     ap.add_argument("--standard", action="store_true")
+    ap.add_argument("--only", default="", help="comma-separated row indices of the standard set")
     ap.add_argument("--append", action="store_true")
     ap.add_argument("--worker", nargs="*", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -93,8 +104,11 @@ def main() -> None:
         print(json.dumps(measure(p, int(size), int(k), int(kappa), mode, path, int(runs),
                                  int(warmup))))
         return
+    runtime_setup(a.xla_defaults)
     jobs = STANDARD if a.standard else [
         (a.preset, a.size, a.k, 0 if a.baseline else a.kappa, a.mode, a.path)]
+    if a.only:
+        jobs = [jobs[int(i)] for i in a.only.split(",")]
     rows = []
     for job in jobs:
         cmd = [sys.executable, __file__, "--worker", *map(str, job), str(a.runs), str(a.warmup)]
@@ -103,12 +117,13 @@ def main() -> None:
             sys.exit(f"worker {job} failed:\n{res.stderr[-4000:]}")
         rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
-    lines = ["| model | size | K | kappa | mode | path | time (s) | compile (s) |"
-             " XLA temp (MiB) | GFLOPs |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | size | K | kappa | mode | path | time (s) | CPU s | compile (s) |"
+             " XLA temp (MiB) | GFLOPs |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        model = f"ViT-{PRESET_NAMES[r['preset']]} " + ("RankSeg" if r["kappa"] else "baseline")
+        model = f"{PRESET_NAMES[r['preset']]} " + ("RankSeg" if r["kappa"] else "baseline")
         lines.append(f"| {model} | {r['size']}² | {r['K']} | {r['kappa'] or '-'} | {r['mode']} |"
-                     f" {r['path']} | {r['time_s']:.3f} | {r['compile_s']:.0f} |"
+                     f" {r['path']} | {r['time_s']:.3f} | {r['cpu_s']:.3f} |"
+                     f" {r['compile_s']:.0f} |"
                      f" {r['temp_MiB']:.0f} | {r['gflops']:.1f} |")
     text = "\n".join(lines)
     print("\n" + text)

@@ -57,6 +57,7 @@ DATA_FORMATS = ("folder", "array_record", "synthetic")
 BAD_EXAMPLE_POLICIES = ("fail", "skip")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("poly", "constant")
+DROPOUT_PRNGS = ("threefry", "rbg")
 
 
 class ConfigError(ValueError):
@@ -263,6 +264,11 @@ def base_config() -> mlc.ConfigDict:
     # (start, stop): write a jax.profiler trace of steps start..stop-1 (0-based, this run's
     # step numbers) to <workdir>/profile; () = no profile. CLI: --profile=START:STOP.
     t.profile_steps = ()
+    # PRNG of the step's dropout / drop-path / point-sampling key: "threefry" (JAX default)
+    # or "rbg" (XLA's RngBitGenerator, the usual choice on TPU; another random stream,
+    # equally deterministic and resume-exact; measured 9% SLOWER on XLA:CPU, see
+    # BENCHMARKS.md; unmeasured on GPU/TPU). The run key itself stays threefry.
+    t.dropout_prng = "threefry"
 
     # ------------------------------------------------------------------ optimizer
     c.optim = o = mlc.ConfigDict()

@@ -37,6 +37,7 @@ def validate_model(config: mlc.ConfigDict) -> None:
     choice(config.loss.img_type, schema.IMG_LOSSES, "loss.img_type")
     choice(config.loss.seg_average, schema.SEG_AVERAGES, "loss.seg_average")
     choice(config.test.mode, schema.TEST_MODES, "test.mode")
+    choice(config.train.dropout_prng, schema.DROPOUT_PRNGS, "train.dropout_prng")
     if m.num_classes < 1:
         raise ConfigError(f"model.num_classes={m.num_classes} must be >= 1")
     if r.enabled and not 1 <= r.topk <= m.num_classes:

@@ -141,7 +141,9 @@ class Attention(nnx.Module):
         v = self.value(value_input).reshape(b, nk, h, dh)
         rng_attn, rng_proj = split_rng(rng, 2)
         if rng_attn is None or self.attn_drop == 0.0:
-            # Fused attention (cuDNN flash attention on GPU for bf16; XLA elsewhere).
+            # XLA's attention everywhere: implementation=None selects 'xla' in jax 0.10
+            # (cuDNN flash attention would need implementation='cudnn', bf16/fp16 inputs and
+            # a supported head dim; not wired up).
             y = jax.nn.dot_product_attention(q, k, v, mask=mask,
                                              scale=dh ** -0.5).reshape(b, n, d)
         else:

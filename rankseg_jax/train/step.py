@@ -115,10 +115,10 @@ def make_train_step(setup: TrainSetup) -> Callable:
     batch: the `tasks.batch_keys(config)` global arrays sharded over ('data','fsdp'):
     {'image': float32 [B,H,W,3], 'label': int32 [B,H,W]} for Segmenter, plus the
     mask-classification targets for Mask2Former. base_key: the run's PRNG key; the step's
-    dropout key is fold_in(base_key, step), so a step is a pure function of (state, batch)
-    and resume is exact. The loss is `tasks.loss_fn(config)`. With train.grad_accum = A the
-    batch is split into A micro-batches of B/A (strided, so each device keeps its own rows)
-    and gradients are averaged in a `lax.scan`.
+    dropout key is `step_key(base_key, step, train.dropout_prng)`, so a step is a pure
+    function of (state, batch) and resume is exact. The loss is `tasks.loss_fn(config)`.
+    With train.grad_accum = A the batch is split into A micro-batches of B/A (strided, so
+    each device keeps its own rows) and gradients are averaged in a `lax.scan`.
     A non-finite loss, gradient or updated state (parameters, optimizer moments) leaves the
     state unchanged, step counter included, and reports finite=0: the state only ever holds
     finite values and `state['step']` counts the steps actually applied.
@@ -157,7 +157,7 @@ def make_train_step(setup: TrainSetup) -> Callable:
 
     def step_fn(state, batch, base_key):
         params = state["params"]
-        rng = jax.random.fold_in(base_key, state["step"])
+        rng = step_key(base_key, state["step"], config.train.dropout_prng)
         grads, aux = grads_and_aux(params, batch, rng)
         updates, opt_state = setup.tx.update(grads, state["opt_state"], params)
         new_params = optax.apply_updates(params, updates)
@@ -180,6 +180,16 @@ def make_train_step(setup: TrainSetup) -> Callable:
                    in_shardings=(setup.state_shardings, batch_sh, repl),
                    out_shardings=(setup.state_shardings, repl),
                    donate_argnums=(0,))
+
+
+def step_key(base_key: jax.Array, step: jax.Array, impl: str) -> jax.Array:
+    """The step's dropout key: fold_in(base_key, step) (a raw uint32 [2] threefry key),
+    re-wrapped as an 'rbg' key (its 4 words drawn from that key) when impl == 'rbg'.
+    Either way a pure function of (base_key, step), so resume stays exact."""
+    rng = jax.random.fold_in(base_key, step)
+    if impl == "rbg":
+        rng = jax.random.wrap_key_data(jax.random.bits(rng, (4,), jnp.uint32), impl="rbg")
+    return rng
 
 
 def _all_finite(tree) -> jax.Array:

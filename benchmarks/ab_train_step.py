@@ -1,0 +1,121 @@
+"""Interleaved A/B of train-step variants in one process (for a shared, loaded machine).
+
+Every variant is compiled in this process, then the variants run in turn, `--steps` steps
+each, for `--passes` passes (A B C A B C ...), so they share the machine's load. Reports,
+per variant and pass, the median wall time per step and the median process CPU time per
+step (all threads; less sensitive to other jobs than wall time), and the compile time.
+
+Variants (cumulative, named by what they add):
+
+  xla-default  XLA's own CPU defaults, the K-way argmax for the logged pixel accuracy,
+               threefry dropout keys (the step before this change set);
+  +ynn-dot     the project's XLA:CPU flag (`rankseg_jax/runtime.py`), per compile;
+  +acc         pixel accuracy from the loss's max (`train/losses.py`);
+  +rbg         `train.dropout_prng='rbg'`.
+
+    python benchmarks/ab_train_step.py --preset s16 --size 256 --k 150 --kappa 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from train_step import build_config, synthetic_batch  # noqa: E402
+
+VARIANTS = ("xla-default", "+ynn-dot", "+acc", "+rbg")
+
+
+def _argmax_accuracy_losses(losses):
+    """A `cross_entropy_and_accuracy` that computes the accuracy by a K-way argmax (the
+    previous behaviour), for the A side."""
+    original = losses.cross_entropy_and_accuracy
+
+    def fn(logits, labels, ignore_index, average="all_pixels"):
+        loss, _ = original(logits, labels, ignore_index, average)
+        return loss, losses.pixel_accuracy(logits, labels)
+
+    return original, fn
+
+
+def compile_variant(name: str, a) -> tuple:
+    import jax
+
+    from rankseg_jax import runtime, sharding
+    from rankseg_jax.train import losses
+    from rankseg_jax.train import step as train_step
+
+    index = VARIANTS.index(name)
+    overrides = list(a.set) + (["train.dropout_prng=rbg"] if index >= 3 else [])
+    c = build_config(a.preset, a.size, a.k, a.kappa, a.batch, "float32", False, overrides)
+    mesh = sharding.make_mesh(c, jax.devices()[:1])
+    setup = train_step.make_setup(c, mesh)
+    step_fn = train_step.make_train_step(setup)
+    state = train_step.init_state(setup)
+    batch_sh = sharding.batch_sharding(mesh)
+    data = {k: jax.device_put(v, batch_sh) for k, v in synthetic_batch(c, a.size, a.batch).items()}
+    key = jax.device_put(jax.random.PRNGKey(0), sharding.replicated(mesh))
+    original, patched = _argmax_accuracy_losses(losses)
+    if index < 2:
+        losses.cross_entropy_and_accuracy = patched
+    try:
+        t = time.perf_counter()
+        lowered = step_fn.lower(state, data, key)
+    finally:
+        losses.cross_entropy_and_accuracy = original
+    # Per-compile DebugOptions take enum names, not the XLA_FLAGS spelling.
+    options = {runtime.YNN_FLAG.lstrip("-"): "LIBRARY_FUSION_TYPE_DOT"} if index >= 1 else {}
+    compiled = lowered.compile(compiler_options=options)
+    compile_s = time.perf_counter() - t
+    state, metrics = compiled(state, data, key)  # warm-up
+    jax.block_until_ready(metrics)
+    return compiled, [state], data, key, compile_s
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", default="s16")
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--k", type=int, default=150)
+    ap.add_argument("--kappa", type=int, default=50, help="0 = Segmenter baseline")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=4, help="timed steps per variant and pass")
+    ap.add_argument("--passes", type=int, default=2)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for every variant, e.g. model.vit.depth=2")
+    a = ap.parse_args()
+    if os.environ.get("XLA_FLAGS", "").find("ynn_fusion_type") >= 0:
+        sys.exit("unset XLA_FLAGS' ynn_fusion_type: the variants set it per compile")
+    import jax
+
+    names = a.variants.split(",")
+    runs = {}
+    for name in names:
+        runs[name] = compile_variant(name, a)
+        print(f"compiled {name}: {runs[name][4]:.1f} s", flush=True)
+    result = {n: {"compile_s": runs[n][4], "wall": [], "cpu": []} for n in names}
+    for _ in range(a.passes):
+        for name in names:
+            compiled, holder, data, key, _ = runs[name]
+            wall, cpu = [], []
+            for _ in range(a.steps):
+                t, p = time.perf_counter(), time.process_time()
+                holder[0], metrics = compiled(holder[0], data, key)
+                jax.block_until_ready(metrics)
+                wall.append(time.perf_counter() - t)
+                cpu.append(time.process_time() - p)
+            result[name]["wall"].append(statistics.median(wall))
+            result[name]["cpu"].append(statistics.median(cpu))
+            print(f"{name}: wall {result[name]['wall'][-1]:.3f} s, "
+                  f"cpu {result[name]['cpu'][-1]:.3f} s", flush=True)
+    print(json.dumps({"config": vars(a), "load": os.getloadavg(), "result": result}))
+
+
+if __name__ == "__main__":
+    main()

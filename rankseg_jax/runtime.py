@@ -1,0 +1,98 @@
+"""Process-level XLA/JAX settings the project's entry points apply: CPU flags, compile cache.
+
+Neither function changes numerics; both only change how XLA runs or where it keeps
+compiled programs. Callers: `rankseg_jax/cli.py` (`main.py`), `benchmarks/common.py` and
+`tests/conftest.py`. Library users who import `rankseg_jax` directly get neither unless
+they call these functions themselves.
+
+* `configure_cpu_flags()` must run before jax initialises its backend (the first array,
+  device query or compile): `XLA_FLAGS` is read once, then. It adds
+  `--xla_cpu_experimental_ynn_fusion_type=dot` unless the user already set that flag in
+  `XLA_FLAGS`. XLA:CPU otherwise hands whole fusions (the full-resolution bilinear resize
+  of the mask logits feeding the class-axis softmax / log-softmax reductions) to a library
+  kernel (YNNPACK) that runs them several times slower than XLA's own loops; with `dot`,
+  the library gets plain matmuls only. Float32 results stay within rounding of each other.
+  Measured on a 2-core CPU: `BENCHMARKS.md`, "CPU speed: interleaved A/B".
+* `enable_compilation_cache(path)` (the CLI: `--compilation_cache_dir`, default
+  `~/.cache/rankseg_jax/xla`, `cache_dir_setting`) turns on JAX's persistent compilation
+  cache (an LRU directory, capped at `max_bytes`), so a restarted run loads its compiled
+  step instead of recompiling it (15-60 s per program on CPU). Entries are keyed by the
+  program, the jax / jaxlib versions, the XLA flags and the device, so a stale entry is
+  never reused.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
+CPU_FLAGS = (f"{YNN_FLAG}=dot",)
+DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "rankseg_jax", "xla")
+DEFAULT_CACHE_MAX_BYTES = 4 * 2**30
+CACHE_ENV = "RANKSEG_JAX_COMPILATION_CACHE_DIR"
+
+
+def _may_run_on_cpu() -> bool:
+    """False where XLA_FLAGS would reach a TPU runtime that may not know the CPU flag.
+
+    The flag is an XLA:CPU option, ignored by the CPU-less GPU compiler of the same jaxlib;
+    libtpu ships its own XLA build (possibly older), which rejects unknown flags, so the
+    flag is left out whenever libtpu is installed or JAX_PLATFORMS names no CPU.
+    """
+    platforms = os.environ.get("JAX_PLATFORMS", "")
+    if platforms and "cpu" not in platforms.split(","):
+        return False
+    return importlib.util.find_spec("libtpu") is None
+
+
+def configure_cpu_flags(environ: dict | None = None) -> list[str]:
+    """Adds the project's XLA:CPU flags to `XLA_FLAGS` (call before jax's first backend use).
+
+    environ: the environment to edit (default `os.environ`). A flag whose name the user
+    already put in XLA_FLAGS is left as the user set it. Returns the flags added ([] when
+    none, e.g. on a TPU host).
+    """
+    env = os.environ if environ is None else environ
+    if environ is None and not _may_run_on_cpu():
+        return []
+    current = env.get("XLA_FLAGS", "")
+    names = {tok.split("=", 1)[0] for tok in current.split()}
+    added = [f for f in CPU_FLAGS if f.split("=", 1)[0] not in names]
+    if added:
+        env["XLA_FLAGS"] = " ".join([current, *added]).strip()
+    return added
+
+
+def cache_dir_setting(flag_value: str | None) -> str:
+    """The cache directory the CLI uses: the `--compilation_cache_dir` value when given
+    (empty = off), else $RANKSEG_JAX_COMPILATION_CACHE_DIR when set (empty = off), else
+    DEFAULT_CACHE_DIR."""
+    if flag_value is not None:
+        return flag_value
+    return os.environ.get(CACHE_ENV, DEFAULT_CACHE_DIR)
+
+
+def enable_compilation_cache(path: str = DEFAULT_CACHE_DIR,
+                             max_bytes: int = DEFAULT_CACHE_MAX_BYTES) -> str | None:
+    """Turns on JAX's persistent compilation cache in `path` (user `~` expanded).
+
+    A cache directory the user already chose (`JAX_COMPILATION_CACHE_DIR` or
+    `jax.config.update('jax_compilation_cache_dir', ...)`) wins over `path`. Empty `path`
+    (and no user choice) leaves the cache off. Programs that took at least
+    `jax_persistent_cache_min_compile_time_secs` (JAX default 1 s) to compile are cached;
+    the directory is trimmed least-recently-used beyond `max_bytes` (unless the user set a
+    limit).
+    Returns the directory in use, or None.
+    """
+    import jax
+
+    chosen = jax.config.jax_compilation_cache_dir
+    if not chosen:
+        if not path:
+            return None
+        chosen = os.path.expanduser(path)
+        jax.config.update("jax_compilation_cache_dir", chosen)
+    if jax.config.jax_compilation_cache_max_size == -1:
+        jax.config.update("jax_compilation_cache_max_size", int(max_bytes))
+    return chosen

@@ -1,0 +1,112 @@
+"""The speed changes keep the numbers: one-pass loss + accuracy, rbg dropout keys, and the
+process settings of `rankseg_jax/runtime.py`."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import small_train_config
+
+from rankseg_jax import runtime, sharding
+from rankseg_jax.data import pipeline as input_pipeline
+from rankseg_jax.train import losses
+from rankseg_jax.train import step as ts
+
+
+def _reference(logits, labels, ignore, average):
+    """The two-pass formulation: jax.nn.log_softmax + gather, and a K-way argmax."""
+    c = logits.shape[1]
+    valid = (labels >= 0) & (labels < c) & (labels != ignore)
+    logp = jax.nn.log_softmax(logits, axis=1)
+    nll = -jnp.take_along_axis(logp, jnp.where(valid, labels, 0)[:, None], axis=1)[:, 0]
+    total = jnp.where(valid, nll, 0.0).sum()
+    loss = total / labels.size if average == "all_pixels" else total / max(int(valid.sum()), 1)
+    return loss, 100.0 * (jnp.argmax(logits, axis=1) == labels).mean()
+
+
+@pytest.mark.parametrize("average", ["all_pixels", "valid_pixels"])
+def test_one_pass_loss_and_accuracy_equal_log_softmax_and_argmax(average):
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.standard_normal((2, 7, 9, 11)) * 3, jnp.float32)
+    labels = rng.integers(0, 7, (2, 9, 11))
+    labels[0, :3] = 255  # ignored
+    labels[1, 0, :4] = 9  # outside [0, C): ignored, counts as wrong
+    # Make a third of the pixels correct so the accuracy is not trivially ~1/C.
+    argmax = np.asarray(jnp.argmax(logits, axis=1))
+    pick = rng.random(labels.shape) < 0.33
+    labels = jnp.asarray(np.where(pick & (labels < 7), argmax, labels), jnp.int32)
+    loss, acc = losses.cross_entropy_and_accuracy(logits, labels, 255, average)
+    ref_loss, ref_acc = _reference(logits, labels, 255, average)
+    assert float(loss) == pytest.approx(float(ref_loss), rel=1e-6)
+    assert float(acc) == float(ref_acc) and 20.0 < float(acc) < 60.0
+    grad = jax.grad(lambda x: losses.cross_entropy_and_accuracy(x, labels, 255, average)[0])
+    ref_grad = jax.grad(lambda x: _reference(x, labels, 255, average)[0])
+    np.testing.assert_allclose(grad(logits), ref_grad(logits), rtol=1e-5, atol=1e-7)
+
+
+def _steps(config, n=2):
+    """Params after n steps from the config's random init (same batch, key 0)."""
+    setup = ts.make_setup(config, sharding.make_mesh(config))
+    state = ts.init_state(setup)
+    step = ts.make_train_step(setup)
+    batch = input_pipeline.to_global(next(input_pipeline.make_train_iterator(config)),
+                                     sharding.batch_sharding(setup.mesh))
+    for _ in range(n):
+        state, _ = step(state, batch, jax.random.PRNGKey(0))
+    return jax.device_get(state["params"])
+
+
+def test_rbg_dropout_keys_are_deterministic_and_a_different_stream():
+    """Same (state, batch, key) -> same params (so resume is exact); the rbg stream differs
+    from threefry's, so the option really reaches dropout / drop-path."""
+    drop = {"model.head.dropout": 0.1, "model.vit.drop_path_rate": 0.1}
+    rbg = small_train_config(**drop, **{"train.dropout_prng": "rbg"})
+    first, second = _steps(rbg), _steps(rbg)
+    for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(second), strict=True):
+        np.testing.assert_array_equal(a, b)
+    threefry = _steps(small_train_config(**drop))
+    assert any(not np.array_equal(a, b) for a, b in
+               zip(jax.tree.leaves(first), jax.tree.leaves(threefry), strict=True))
+
+
+def test_step_key_is_a_pure_function_of_the_step():
+    def data(key):
+        typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+        return np.asarray(jax.random.key_data(key) if typed else key)
+
+    base = jax.random.PRNGKey(3)
+    for impl in ("threefry", "rbg"):
+        np.testing.assert_array_equal(data(ts.step_key(base, 5, impl)),
+                                      data(ts.step_key(base, 5, impl)))
+        assert not np.array_equal(data(ts.step_key(base, 5, impl)),
+                                  data(ts.step_key(base, 6, impl)))
+    assert data(ts.step_key(base, 5, "rbg")).shape == (4,)
+
+
+def test_cpu_flags_are_added_once_and_never_override_the_user():
+    env = {}
+    assert runtime.configure_cpu_flags(env) == list(runtime.CPU_FLAGS)
+    assert env["XLA_FLAGS"] == " ".join(runtime.CPU_FLAGS)
+    assert runtime.configure_cpu_flags(env) == []  # already there
+    user = {"XLA_FLAGS": f"--xla_dump_to=/tmp/x {runtime.YNN_FLAG}=dot,reduce"}
+    assert runtime.configure_cpu_flags(user) == []
+    assert user["XLA_FLAGS"] == f"--xla_dump_to=/tmp/x {runtime.YNN_FLAG}=dot,reduce"
+    other = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    runtime.configure_cpu_flags(other)
+    assert other["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=8",
+                                          *runtime.CPU_FLAGS]
+
+
+def test_cache_dir_setting_precedence(monkeypatch):
+    monkeypatch.delenv(runtime.CACHE_ENV, raising=False)
+    assert runtime.cache_dir_setting(None) == runtime.DEFAULT_CACHE_DIR
+    monkeypatch.setenv(runtime.CACHE_ENV, "/tmp/c")
+    assert runtime.cache_dir_setting(None) == "/tmp/c"
+    assert runtime.cache_dir_setting("") == ""  # the flag wins, empty = off
+
+
+def test_dropout_prng_is_validated():
+    from rankseg_jax import config as config_lib
+
+    with pytest.raises(config_lib.ConfigError, match="train.dropout_prng"):
+        small_train_config(**{"train.dropout_prng": "philox"})
