@@ -193,9 +193,9 @@ def apply(c: mlc.ConfigDict, args: mlc.ConfigDict) -> mlc.ConfigDict:
 
 
 def smoke(c: mlc.ConfigDict) -> None:
-    """Shrinks a config so the same code runs in seconds on CPU: tiny ViT (or tiny Swin +
-    Mask2Former head), 64x64 crops, synthetic data with the same number of classes, a few
-    steps."""
+    """Shrinks a config so the same code runs in a minute or two on CPU (mostly compiling):
+    tiny ViT (or tiny Swin + Mask2Former head), 64x64 crops, synthetic data with the same
+    number of classes, a few steps."""
     r = c.model.rankseg
     r.topk = min(r.topk, c.model.num_classes)
     if c.model.arch == "mask2former":
