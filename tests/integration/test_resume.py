@@ -56,7 +56,7 @@ def test_mask2former_sigkill_then_resume_is_exact(tmp_path):
             "model.swin.drop_path_rate": 0.1, "model.rankseg.ml_dropout": 0.1}
     arch = ("--arch", "mask2former")
     _run(tmp_path / "straight", over, *arch, "--dump", str(tmp_path / "straight.npz"))
-    killed = _run(tmp_path / "killed", over, *arch, "--kill-at-save", "3", check=False)
+    killed = _run(tmp_path / "killed", over, *arch, "--kill-at-save", "4", check=False)
     assert killed.returncode == -9, killed.stderr[-2000:]
     again = _run(tmp_path / "killed", over, *arch, "--dump", str(tmp_path / "resumed.npz"))
     assert '"init": "workdir checkpoint 2"' in again.stdout
