@@ -56,6 +56,7 @@ def test_eval_and_predict_modes(tmp_path):
     assert "ground truth used for 1 of 1 image(s)" in log and "b.png" in log
 
 
+@pytest.mark.m2f_train
 @pytest.mark.parametrize("config", ["configs/ade20k_panoptic.py:smoke",
                                     "configs/ade20k_mask2former.py:rankseg,smoke"])
 def test_mask2former_smoke_configs_train(tmp_path, config):
