@@ -1,7 +1,8 @@
 """Process-level XLA/JAX settings the project's entry points apply: CPU flags, compile cache.
 
-Neither function changes numerics; both only change how XLA runs or where it keeps
-compiled programs. Callers: `rankseg_jax/cli.py` (`main.py`), `benchmarks/common.py` and
+Neither function changes what is computed: one changes how XLA runs it (the CPU flag
+changes float32 accumulation order, so results move within rounding), the other where
+it keeps compiled programs. Callers: `rankseg_jax/cli.py` (`main.py`), `benchmarks/common.py` and
 `tests/conftest.py`. Library users who import `rankseg_jax` directly get neither unless
 they call these functions themselves.
 

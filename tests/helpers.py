@@ -68,14 +68,7 @@ def small_train_config(**overrides):
     c.optim.weight_decay = 1e-6
     c.optim.decay_mult = (("pos_embed", 0.0), ("cls_token", 0.0), ("norm", 0.0),
                           ("decode_head.blocks.0.", 100.0), ("decode_head.ml_fc", 100.0))
-    for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = tuple(value) if isinstance(value, list) else value
-    validate(c)
-    return c
+    return _apply_overrides(c, overrides)
 
 
 M2F_FIXTURES = ROOT / "tests" / "fixtures" / "official_mask2former"
@@ -143,6 +136,12 @@ def mask2former_train_config(variant: str = "rankseg,smoke", **overrides):
     t = c.train
     t.batch_size, t.steps, t.log_every, t.eval_every, t.ckpt_every = 4, 4, 2, 0, 2
     t.async_checkpointing = False
+    return _apply_overrides(c, overrides)
+
+
+def _apply_overrides(c, overrides: dict):
+    """Sets each dotted key of `overrides` ({'train.steps': 4}; lists become tuples), then
+    validates; returns `c`."""
     for key, value in overrides.items():
         node = c
         *parents, leaf = key.split(".")

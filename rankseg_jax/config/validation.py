@@ -199,9 +199,10 @@ def _validate_mask2former(config: mlc.ConfigDict) -> None:
 
 
 def validate_mask2former_training(config: mlc.ConfigDict) -> None:
-    """Mask2Former's criterion (`loss.mask2former`), training mappers (`data.min_size_train`,
-    `max_size_train`, `max_targets`, `cat_max_ratio`) and synthetic panoptic data."""
-    # The ranges of the criterion's weights and ratios are in `numbers.FLOAT_RANGES`.
+    """Mask2Former's training targets and mappers: `data.max_targets` against the queries,
+    `data.min_size_train`. The ranges of the criterion's weights and ratios, of
+    `data.max_size_train` and `data.cat_max_ratio` are in `numbers.FLOAT_RANGES` /
+    `INT_MINIMUMS`."""
     d = config.data
     num_queries = config.model.mask2former.num_queries
     if not 1 <= d.max_targets <= num_queries:

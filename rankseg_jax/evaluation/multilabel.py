@@ -75,6 +75,21 @@ def img_accuracy_per_image(hist, topk, img_valid=None):
     return val, _img_valid(jnp.ones(val.shape, bool), img_valid)
 
 
+def topk_train_sums(hist, topk) -> dict:
+    """The training log's top-kappa recall / precision as batch sums, for any host.
+
+    hist: [B, K] (>0 = class present in the image's ground truth); topk: int [B, kappa].
+    Returns {'img_recall_sum', 'img_recall_count', 'img_precision_sum',
+    'img_precision_count'}: float32 scalars, summed over the images where each is defined
+    (the trainer divides sums by counts after the cross-step reduction)."""
+    rec, rec_ok = img_recall_per_image(hist, topk)
+    prec, prec_ok = img_accuracy_per_image(hist, topk)
+    return {"img_recall_sum": jnp.sum(rec * rec_ok),
+            "img_recall_count": jnp.sum(rec_ok).astype(jnp.float32),
+            "img_precision_sum": jnp.sum(prec * prec_ok),
+            "img_precision_count": jnp.sum(prec_ok).astype(jnp.float32)}
+
+
 def average_precision_per_image(hist, ranking, img_valid=None):
     """Per-image ranking AP on device (same value as the official sort-based formula).
 

@@ -100,12 +100,7 @@ def _loss_and_metrics(setup: TrainSetup, params, images, labels, rng):
     if "topk_index" in out:
         # Image-level top-kappa recall (GT classes that made the list) and precision.
         hist = ranking.class_histogram(labels, info_k)
-        rec, rec_ok = multilabel_metrics.img_recall_per_image(hist, out["topk_index"])
-        prec, prec_ok = multilabel_metrics.img_accuracy_per_image(hist, out["topk_index"])
-        aux["img_recall_sum"] = jnp.sum(rec * rec_ok)
-        aux["img_recall_count"] = jnp.sum(rec_ok).astype(jnp.float32)
-        aux["img_precision_sum"] = jnp.sum(prec * prec_ok)
-        aux["img_precision_count"] = jnp.sum(prec_ok).astype(jnp.float32)
+        aux.update(multilabel_metrics.topk_train_sums(hist, out["topk_index"]))
     return terms["loss"].astype(jnp.float32), aux
 
 

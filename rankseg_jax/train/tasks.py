@@ -102,12 +102,7 @@ def mask2former_loss(setup: TrainSetup, params, batch: dict, rng: jax.Array):
     # Every valid (remapped) target is assigned a query (T <= Q), so this is the count.
     metrics["num_masks"] = crit.matchings.valid[-1].sum().astype(jnp.float32)
     if "topk_index" in out:
-        rec, rec_ok = multilabel_metrics.img_recall_per_image(present, out["topk_index"])
-        prec, prec_ok = multilabel_metrics.img_accuracy_per_image(present, out["topk_index"])
-        metrics["img_recall_sum"] = jnp.sum(rec * rec_ok)
-        metrics["img_recall_count"] = jnp.sum(rec_ok).astype(jnp.float32)
-        metrics["img_precision_sum"] = jnp.sum(prec * prec_ok)
-        metrics["img_precision_count"] = jnp.sum(prec_ok).astype(jnp.float32)
+        metrics.update(multilabel_metrics.topk_train_sums(present, out["topk_index"]))
     return loss, metrics
 
 

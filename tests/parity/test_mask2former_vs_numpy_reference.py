@@ -33,7 +33,11 @@ from rankseg_jax.convert.tables import mask2former as tables
 from tests.reference import mask2former_numpy as M
 from tests.reference.random_mask2former_sd import random_state_dict
 
-ATOL, RTOL, RTOL_RANK = 1e-4, 1e-5, 1e-4
+# Float32 accumulation-order differences compound over the decoder layers: the last
+# layer's mask logits differ from the float64 reference by up to 0.7e-4 with XLA:CPU's
+# default fusions and 1.4e-4 with the project's ynn `dot` flag (`rankseg_jax/runtime.py`,
+# set by tests/conftest.py as by the CLI); the first layer's by 1e-5 in both.
+ATOL, RTOL, RTOL_RANK = 2.5e-4, 1e-5, 1e-4
 SMALL = dict(embed_dim=16, conv_dim=32, mask_dim=32, hidden_dim=32, dim_feedforward=64,
              num_classes=10)
 CASES = {

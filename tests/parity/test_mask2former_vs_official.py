@@ -9,13 +9,21 @@ mean/std and zero-padded to the batch's multiple of 32 as `ImageList.from_tensor
 features, pixel decoder, the 5 raw predictions, query features, cross-attention masks, the
 ML head's tokens / block / norm / image logits, the ranking (exactly), gathered and rank
 LayerNormed logits) and the logits handed to inference `eval.npz {run}.mask_cls.img{b}`
-for the plain, RankSeg and -gt runs, within 1e-4.
+for the plain, RankSeg and -gt runs, within 2.5e-4 (absolute).
+
+Why 2.5e-4: float32 accumulation-order differences (~1e-5 per decoder layer in the
+features) compound over the 5 predictions. Measured max |ours - official| over these
+fixtures: pred0 mask logits 1e-5, pred4 mask logits 0.89e-4 with XLA:CPU's default
+fusions and 1.25e-4 with the project's `--xla_cpu_experimental_ynn_fusion_type=dot`
+(`rankseg_jax/runtime.py`, applied by `tests/conftest.py` as by the CLI), which only
+changes how matmuls accumulate. An error in the model (a wrong key, transpose or
+normalisation) moves these logits by 1e-2 or more.
 
 The rank LayerNorm divides cosines by their spread over the rank slots and multiplies by a
 per-rank scale (~4 here): float32 rounding of the cosines (~2e-6 in both implementations)
 grows to ~7e-5 against a float64 evaluation, in the official code as in ours (measured:
 official 7.7e-5, ours 6.1e-5 on the final prediction), so the two float32 results differ by
-up to 1.2e-4. Those logits are compared with |ours - official| <= 1e-4 + 1e-4 |official|;
+up to 1.2e-4. Those logits are compared with |ours - official| <= ATOL + 1e-4 |official|;
 `ml_norm` itself is checked on the official gathered logits within 1e-5.
 """
 
@@ -31,7 +39,7 @@ from helpers import M2F_FIXTURES, mask2former_fixture_config
 from rankseg_jax import convert, models
 from rankseg_jax.convert import engine
 
-ATOL = 1e-4
+ATOL = 2.5e-4  # see the module docstring
 RANK_LN_RTOL = 1e-4  # see the module docstring
 RUNS = ("sem_plain", "sem_rankseg", "sem_gt", "pan_plain", "pan_rankseg", "pan_gt")
 

@@ -125,6 +125,9 @@ def test_strict_loading_reports_every_bad_key():
     msg = str(err.value)
     assert "decode_head.ml_fc.W" in msg and "decode_head.extra.weight" in msg
     assert "decode_head.mask_norm.weight" in msg and "x.pth" in msg
-    # Loading the baseline checkpoint into a RankSeg model is refused as well.
-    with pytest.raises(engine.CheckpointMismatch, match="decoder_norm2"):
+    # Loading the baseline checkpoint into a RankSeg model is refused as well. The message
+    # shows each kind's count and first keys; `details` lists every key.
+    with pytest.raises(engine.CheckpointMismatch, match="missing keys") as err:
         mmseg.load_official_checkpoint(model, FIXTURES / "baseline.pth", config)
+    missing = " ".join(err.value.details["missing keys"])
+    assert "decoder_norm2" in missing and "baseline.pth" in str(err.value)

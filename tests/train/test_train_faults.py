@@ -3,6 +3,7 @@ updates, skipped bad examples, Ctrl-C, a locked workdir."""
 
 import json
 import os
+import pathlib
 import signal
 
 import jax
@@ -21,7 +22,9 @@ from rankseg_jax.train import step as ts
 
 
 def _steps(workdir):
-    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    """Saved checkpoint steps in `workdir` (a str or Path: the loop passes a str)."""
+    ckpts = pathlib.Path(workdir) / "checkpoints"
+    return sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
 
 
 def _rows(workdir):
