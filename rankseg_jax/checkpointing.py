@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import pathlib
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -196,6 +197,7 @@ class Checkpointer:
             except IncompatibleCheckpoint:
                 raise
             except Exception as e:  # tensorstore, JSON, OS errors of a damaged checkpoint
+                quiet_late_read_completions()
                 reason = _reason(e)
                 failures.append(f"{self.directory / str(step)} ({reason})")
                 log.warning("checkpoint %s is unreadable (%s); trying the previous one",
@@ -233,6 +235,37 @@ class Checkpointer:
     def close(self) -> None:
         """Waits for pending saves and stops orbax's background threads."""
         self.manager.close()
+
+
+_CLOSED_LOOP = "Event loop is closed"
+
+
+def quiet_late_read_completions() -> None:
+    """Stops a failed restore's leftover reads from printing a misleading traceback.
+
+    When one read of a damaged checkpoint fails, orbax's restore returns with the error and
+    closes its event loop without cancelling the other reads
+    (`orbax/checkpoint/_src/asyncio_utils.py`, `_run_sync_via_new_loop`). Those reads still
+    finish in tensorstore's threads and try to wake the closed loop; Python reports the
+    resulting `RuntimeError: Event loop is closed` through `sys.unraisablehook`, i.e. a
+    traceback at some later moment that looks like a crash of the run but is none (the
+    broken checkpoint was already reported and set aside). This installs (once) a hook
+    that logs exactly that error at debug level and hands every other one to the hook it
+    replaces.
+    """
+    if getattr(sys.unraisablehook, "_rankseg_quiet", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        exc = unraisable.exc_value
+        if isinstance(exc, RuntimeError) and str(exc) == _CLOSED_LOOP:
+            log.debug("ignored a late read completion of a failed restore: %r", exc)
+            return
+        previous(unraisable)
+
+    hook._rankseg_quiet = True
+    sys.unraisablehook = hook
 
 
 def _best(scores: dict[int, float]) -> int | None:

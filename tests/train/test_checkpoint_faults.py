@@ -125,3 +125,35 @@ def test_other_model_size_names_parameter_shapes_and_options(tmp_path):
     with pytest.raises(checkpointing.IncompatibleCheckpoint, match="model.vit.embed_dim: run=32"):
         checkpointing.resolve_params(run, small, setup_small.abstract_state["params"],
                                      fresh_params=lambda: None)
+
+
+def test_late_reads_of_a_failed_restore_print_no_traceback(monkeypatch):
+    # The real mechanism: a coroutine awaits a tensorstore future, the run fails and the loop
+    # is closed (as orbax's run_sync does), then the read completes.
+    import asyncio
+    import sys
+
+    import tensorstore
+
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(u.exc_value))
+    checkpointing.quiet_late_read_completions()
+    checkpointing.quiet_late_read_completions()  # installed once
+    promise, future = tensorstore.Promise.new()
+
+    async def restore():
+        async def read():
+            await future
+        pending = asyncio.ensure_future(read())  # noqa: F841 (left pending, as orbax does)
+        await asyncio.sleep(0.01)
+        raise ValueError("one read failed")
+
+    loop = asyncio.new_event_loop()
+    with pytest.raises(ValueError):
+        loop.run_until_complete(restore())
+    loop.close()
+    promise.set_result(1)  # wakes the closed loop: RuntimeError('Event loop is closed')
+    assert seen == []
+    # Any other unraisable error still reaches the previous hook.
+    sys.unraisablehook(type("U", (), {"exc_value": RuntimeError("something else")})())
+    assert [str(e) for e in seen] == ["something else"]
