@@ -1,8 +1,11 @@
-"""Shared pytest setup: float32-exact matmuls, the project's XLA:CPU flags, no persistent
-compilation cache for the CLI runs the tests spawn, and fixture paths."""
+"""Shared pytest setup: float32-exact matmuls, the project's XLA:CPU flags, one temporary
+compilation cache for the session (never the user's ~/.cache), and fixture paths."""
 
+import atexit
 import os
 import pathlib
+import shutil
+import tempfile
 
 from rankseg_jax import runtime
 
@@ -12,6 +15,16 @@ os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 runtime.configure_cpu_flags()
 # Subprocesses running main.py must not fill the user's ~/.cache.
 os.environ.setdefault(runtime.CACHE_ENV, "")
+# One persistent compilation cache for the whole session, shared by the xdist workers (they
+# inherit this environment from the controller, which imports this file first) and by every
+# process the tests spawn: many tests compile the same small train / eval programs, and a hit
+# loads the compiled program instead of recompiling it (the same program, so results are
+# identical). Size-capped, hence file-locked by jax for concurrent writers; deleted at exit.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="rankseg_jax_tests_xla_")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(8 * 2**30)
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 
 import pytest  # noqa: E402
 

@@ -147,8 +147,10 @@ def test_runnable_blocks_run(doc, tmp_path):
                PATH=os.pathsep.join([str(pathlib.Path(sys.executable).parent),
                                      os.environ.get("PATH", "")]),
                XLA_FLAGS=" ".join(filter(None, [os.environ.get("XLA_FLAGS"), FAST_XLA])),
-               # Blocks of one file share compilations (train's evaluation -> eval, predict).
-               JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+               # Blocks share compilations (train's evaluation -> eval, predict), through
+               # the session's cache (tests/conftest.py) when there is one.
+               JAX_COMPILATION_CACHE_DIR=os.environ.get("JAX_COMPILATION_CACHE_DIR",
+                                                        str(tmp_path / "jax_cache")),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     for block in (b for b in shell_blocks(doc)[0] if b.kind == "runnable"):
