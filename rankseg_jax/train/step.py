@@ -163,7 +163,11 @@ def make_train_step(setup: TrainSetup) -> Callable:
                   & _all_finite(new_params) & _all_finite(opt_state))
         new = {"step": state["step"] + 1, "params": new_params, "opt_state": opt_state}
         # Keep the last good state in memory if this step blew up (the loop then stops).
-        new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
+        # One conditional for the whole state, not a select per leaf: XLA fuses the scalar
+        # AND of the ~3 x (number of parameter leaves) checks into every per-leaf select,
+        # which makes the program quadratic in the leaf count (Mask2Former, ~650 leaves:
+        # 0.94M lines of optimised HLO, 4 minutes and 7.6 GiB to compile on 2 CPU cores).
+        new = jax.lax.cond(finite, lambda: new, lambda: state)
         metrics = dict(aux)
         metrics.update(grad_norm=grad_norm, param_norm=optim.tree_norm(new_params),
                        finite=finite.astype(jnp.float32))
