@@ -49,7 +49,6 @@ def test_sigkill_then_resume_is_exact(tmp_path):
     assert _data_state(tmp_path / "straight", 4) == _data_state(tmp_path / "killed", 4)
 
 
-@pytest.mark.m2f_train
 def test_mask2former_sigkill_then_resume_is_exact(tmp_path):
     """Mask2Former+RankSeg on synthetic panoptic data, with dropout / drop-path and point
     draws from the step key: a SIGKILLed and resumed run equals the straight one."""

@@ -12,9 +12,8 @@ from rankseg_jax.data import pipeline
 from rankseg_jax.train import step as ts
 from rankseg_jax.train import tasks
 
-# Each compiles a Mask2Former train step: several minutes and ~10 GiB on a 2-core CPU, so they
-# are outside the default command (README) until that compile is made cheaper.
-pytestmark = [pytest.mark.slow, pytest.mark.m2f_train]
+# Each compiles a Mask2Former train step (about 30 s and 2 GiB on a 2-core CPU).
+pytestmark = pytest.mark.slow
 
 
 def _run(config, steps):
