@@ -62,13 +62,28 @@ def test_eval_and_predict_modes(tmp_path):
     # the default command for time (about 2 minutes on 2 cores).
     pytest.param("configs/ade20k_mask2former.py:rankseg,smoke", marks=pytest.mark.m2f_train)])
 def test_mask2former_smoke_configs_train(tmp_path, config):
-    """Mask2Former (panoptic on synthetic_panoptic, RankSeg semantic on synthetic) trains
-    through the same main.py / loop / checkpoints as Segmenter (its :smoke evaluates nothing
-    yet: train.eval_every = 0)."""
-    _main(f"--config={config}", f"--workdir={tmp_path}", timeout=900)
-    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    """Mask2Former (panoptic on synthetic_panoptic, RankSeg semantic on synthetic) trains,
+    evaluates at its last step and predicts through the same main.py / loop / checkpoints as
+    Segmenter."""
+    run = tmp_path / "run"
+    _main(f"--config={config}", f"--workdir={run}", timeout=900)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if r.get("split") == "train"]
     assert train[-1]["step"] == 4 and all(r["finite"] == 1.0 for r in train)
     assert {"loss_ce", "loss_mask", "loss_dice", "loss_aux", "num_masks"} <= set(train[-1])
     assert ("loss_ml" in train[-1]) == ("rankseg" in config)
-    assert (tmp_path / "checkpoints" / "4").is_dir()
+    assert (run / "checkpoints" / "4").is_dir()
+    evals = [r for r in rows if r.get("split") == "val"]
+    assert [r["step"] for r in evals] == [4] and 0.0 <= evals[0]["mIoU_pct"] <= 100.0
+    panoptic = "panoptic" in config
+    assert ("PQ_pct" in evals[0]) == panoptic
+    assert (run / "eval_val_step4_pq.json").is_file() == panoptic
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (70, 90, 3), np.uint8)).save(images / "a.jpg")
+    _main(f"--config={config}", "--mode=predict", f"--checkpoint={run}", f"--input={images}",
+          f"--output={tmp_path / 'out'}")
+    labels = Image.open(tmp_path / "out" / "a_labels.png")
+    assert np.asarray(labels).shape == (70, 90)
+    assert (tmp_path / "out" / "panoptic" / "a.png").is_file() == panoptic
