@@ -190,6 +190,9 @@ class Checkpointer:
         tried. Raises CheckpointError naming every broken checkpoint if none restores, and
         IncompatibleCheckpoint (at once) if the parameters do not fit the model.
         """
+        # Before the first attempt: a failing read's siblings may complete while orbax is
+        # still unwinding, before the error reaches the handler below.
+        quiet_late_read_completions()
         failures = []
         for step in sorted(self.all_steps(), reverse=True):
             try:
@@ -197,7 +200,6 @@ class Checkpointer:
             except IncompatibleCheckpoint:
                 raise
             except Exception as e:  # tensorstore, JSON, OS errors of a damaged checkpoint
-                quiet_late_read_completions()
                 reason = _reason(e)
                 failures.append(f"{self.directory / str(step)} ({reason})")
                 log.warning("checkpoint %s is unreadable (%s); trying the previous one",
