@@ -207,8 +207,10 @@ def table(rows: list[dict]) -> str:
             continue
         mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
         peak = "-" if r["peak_MiB"] is None else f"{r['peak_MiB']:.0f}"
+        policy = next((o.partition("=")[2] for o in r["overrides"]
+                       if o.startswith("model.remat_policy=")), "nothing_saveable")
         lines.append(
-            f"| {model}{' remat' if r['remat'] else ''} | {r['size']}² | {r['K']} |"
+            f"| {model}{f' remat ({policy})' if r['remat'] else ''} | {r['size']}² | {r['K']} |"
             f" {r['kappa'] or '-'} | {r['batch']} | {r['dtype']} | {r['step_s']:.3f} |"
             f" {r['cpu_s']:.3f} |"
             f" {r['images_per_s']:.2f} | {r['compile_s']:.0f} | {r['gflops']:.0f} |"
@@ -226,6 +228,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--remat", action="store_true")
+    ap.add_argument("--remat_policy", default="nothing_saveable",
+                    help="with --remat: model.remat_policy (a jax.checkpoint_policies name)")
     ap.add_argument("--steps", type=int, default=10, help="timed steps")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -248,8 +252,9 @@ def main() -> None:
         jobs = [jobs[int(i)] for i in a.only.split(",")]
     rows = []
     for preset, size, k, kappa, batch in jobs:
+        overrides = a.set + ([f"model.remat_policy={a.remat_policy}"] if a.remat else [])
         job = dict(preset=preset, size=size, k=k, kappa=kappa, batch=batch, dtype=a.dtype,
-                   remat=a.remat, steps=a.steps, warmup=a.warmup, overrides=a.set)
+                   remat=a.remat, steps=a.steps, warmup=a.warmup, overrides=overrides)
         rows.append(run_in_subprocess(__file__, job))
         print(json.dumps(rows[-1]), flush=True)
     text = table(rows)

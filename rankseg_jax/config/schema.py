@@ -58,6 +58,8 @@ BAD_EXAMPLE_POLICIES = ("fail", "skip")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("poly", "constant")
 DROPOUT_PRNGS = ("threefry", "rbg")
+# Names in jax.checkpoint_policies (what a rematerialised block keeps from its forward).
+REMAT_POLICIES = ("nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable")
 
 
 class ConfigError(ValueError):
@@ -76,6 +78,12 @@ def base_config() -> mlc.ConfigDict:
     m.num_classes = 150  # K, the number of classes the model predicts
     m.dtype = "float32"  # compute dtype; params stay float32
     m.remat = False  # rematerialise transformer blocks in the backward pass
+    # What a rematerialised block saves from its forward pass (jax.checkpoint_policies):
+    # "nothing_saveable" recomputes the whole block (least memory); "dots_saveable" keeps
+    # every matmul output and recomputes only the cheap element-wise ops and norms;
+    # "dots_with_no_batch_dims_saveable" keeps the projections and MLP matmuls but not the
+    # attention score / weighted-sum matmuls (which grow with tokens squared).
+    m.remat_policy = "nothing_saveable"
 
     m.vit = b = mlc.ConfigDict()
     b.embed_dim = 768  # ViT width (presets: VIT_PRESETS)

@@ -32,6 +32,7 @@ def validate_model(config: mlc.ConfigDict) -> None:
         raise ConfigError(f"model.backbone={m.backbone!r} cannot feed model.arch={m.arch!r}; "
                           f"use one of {schema.ARCH_BACKBONES[m.arch]}")
     choice(m.dtype, schema.DTYPES, "model.dtype")
+    choice(m.remat_policy, schema.REMAT_POLICIES, "model.remat_policy")
     choice(r.temperature, schema.TEMPERATURES, "model.rankseg.temperature")
     choice(r.oracle, schema.ORACLES, "model.rankseg.oracle")
     choice(config.loss.img_type, schema.IMG_LOSSES, "loss.img_type")

@@ -22,9 +22,14 @@ from rankseg_jax.rankseg.config import RankSegConfig
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
+def _remat(m: mlc.ConfigDict) -> bool | str:
+    """The modules' `remat` argument: False, or the policy name when model.remat is on."""
+    return m.remat_policy if m.remat else False
+
+
 def _vit(config: mlc.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
     m = config.model
-    return vit.ViT(vit.ViTConfig.from_config(m), dtype=DTYPES[m.dtype], remat=m.remat,
+    return vit.ViT(vit.ViTConfig.from_config(m), dtype=DTYPES[m.dtype], remat=_remat(m),
                    rngs=rngs)
 
 
@@ -34,7 +39,7 @@ def _swin(config: mlc.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
         embed_dim=sw.embed_dim, depths=tuple(sw.depths), num_heads=tuple(sw.num_heads),
         window_size=sw.window_size, mlp_ratio=sw.mlp_ratio, qkv_bias=sw.qkv_bias,
         patch_size=sw.patch_size, patch_norm=sw.patch_norm, drop_path_rate=sw.drop_path_rate,
-        dtype=DTYPES[m.dtype], remat=m.remat, rngs=rngs)
+        dtype=DTYPES[m.dtype], remat=_remat(m), rngs=rngs)
 
 
 BACKBONES: dict[str, Callable[[mlc.ConfigDict, nnx.Rngs], nnx.Module]] = {
@@ -46,7 +51,7 @@ def _segmenter(config: mlc.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
     rankseg = RankSegConfig.from_config(m.rankseg)
     backbone = BACKBONES[m.backbone](config, rngs)
     head = segmenter.MaskTransformerHead(segmenter.MaskTransformerConfig.from_config(m),
-                                         rankseg, dtype=DTYPES[m.dtype], remat=m.remat,
+                                         rankseg, dtype=DTYPES[m.dtype], remat=_remat(m),
                                          rngs=rngs)
     return segmentors.EncoderDecoder(backbone, head, num_classes=m.num_classes,
                                      rankseg=rankseg)

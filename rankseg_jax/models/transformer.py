@@ -198,11 +198,27 @@ class Block(nnx.Module):
         return x
 
 
-def run_blocks(blocks, x: jax.Array, rng: jax.Array | None, remat: bool = False) -> jax.Array:
-    """Applies a sequence of Blocks, each with its own key; optionally rematerialised."""
+def remat_policy(remat: bool | str):
+    """The `jax.checkpoint` policy of a rematerialised block: None (save nothing but the
+    block's inputs) for True and "nothing_saveable", else the `jax.checkpoint_policies`
+    function of that name (e.g. "dots_saveable")."""
+    if remat is True or remat == "nothing_saveable":
+        return None
+    policy = getattr(jax.checkpoint_policies, remat, None)
+    if policy is None:
+        raise ValueError(f"unknown remat policy {remat!r}: a name in jax.checkpoint_policies")
+    return policy
+
+
+def run_blocks(blocks, x: jax.Array, rng: jax.Array | None,
+               remat: bool | str = False) -> jax.Array:
+    """Applies a sequence of Blocks, each with its own key. remat: False (keep activations
+    for the backward pass), or True / a `jax.checkpoint_policies` name: rematerialise each
+    block, keeping what that policy saves (`remat_policy`)."""
+    policy = remat_policy(remat) if remat else None
     for blk, key in zip(blocks, split_rng(rng, len(blocks)), strict=True):
         if remat:
-            x = nnx.remat(lambda m, y, k: m(y, k))(blk, x, key)
+            x = nnx.remat(lambda m, y, k: m(y, k), policy=policy)(blk, x, key)
         else:
             x = blk(x, key)
     return x

@@ -25,7 +25,7 @@ from rankseg_jax.rankseg.classifier import GroupWiseLinear
 
 def encode_class_tokens(blocks, norm, fc: GroupWiseLinear, context: jax.Array,
                         class_tokens: jax.Array, rng: jax.Array | None = None,
-                        remat: bool = False, *, return_sequence: bool = False):
+                        remat: bool | str = False, *, return_sequence: bool = False):
     """Image logits from [context; class tokens] through `blocks`, `norm` and `fc`.
 
     blocks: sequence of transformer Blocks; norm: LayerNorm; fc: GroupWiseLinear over K.

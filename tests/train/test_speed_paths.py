@@ -110,3 +110,15 @@ def test_dropout_prng_is_validated():
 
     with pytest.raises(config_lib.ConfigError, match="train.dropout_prng"):
         small_train_config(**{"train.dropout_prng": "philox"})
+
+
+def test_remat_policy_is_validated_and_maps_to_jax_policies():
+    from rankseg_jax import config as config_lib
+    from rankseg_jax.models import transformer as tfm
+
+    with pytest.raises(config_lib.ConfigError, match="model.remat_policy"):
+        small_train_config(**{"model.remat": True, "model.remat_policy": "dots"})
+    assert tfm.remat_policy(True) is None and tfm.remat_policy("nothing_saveable") is None
+    assert tfm.remat_policy("dots_saveable") is jax.checkpoint_policies.dots_saveable
+    with pytest.raises(ValueError, match="unknown remat policy 'dots'"):
+        tfm.remat_policy("dots")

@@ -131,11 +131,14 @@ def _batch(config):
 
 
 def test_grad_accum_and_remat_equal_the_plain_step():
-    """Micro-batching and rematerialisation change memory, not the update (no dropout)."""
+    """Micro-batching and rematerialisation (each remat policy) change memory, not the
+    update (no dropout)."""
     base = small_train_config(**{"model.head.dropout": 0.0})
     batch = _batch(base)
     params, metrics = _one_step(base, batch)
-    for change in ({"train.grad_accum": 2}, {"model.remat": True}):
+    policies = [{"model.remat": True, "model.remat_policy": p}
+                for p in ("dots_saveable", "dots_with_no_batch_dims_saveable")]
+    for change in ({"train.grad_accum": 2}, {"model.remat": True}, *policies):
         other, other_metrics = _one_step(small_train_config(**{"model.head.dropout": 0.0},
                                                             **change), batch)
         assert other_metrics["loss"] == pytest.approx(metrics["loss"], rel=1e-5), change

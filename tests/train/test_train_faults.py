@@ -1,6 +1,7 @@
 """The trainer under faults (issue 11): evaluation that cannot run or fails, non-finite
 updates, skipped bad examples, Ctrl-C, a locked workdir."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -9,6 +10,7 @@ import signal
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from data_layouts import write_dataset
 from helpers import small_train_config
@@ -99,6 +101,31 @@ def test_step_rejects_a_non_finite_update(monkeypatch):
     for a, b in zip(jax.tree.leaves(jax.device_get(state)), jax.tree.leaves(before),
                     strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_step_rejects_a_non_finite_optimizer_moment(monkeypatch):
+    # Finite loss, gradients and parameters, but an overflowing moment (the parameters only
+    # go bad on the next step): this step must already be refused.
+    c = small_train_config(**{"train.batch_size": 2})
+    mesh = sharding.make_mesh(c, jax.devices()[:1])
+    setup = ts.make_setup(c, mesh)
+    real_update = setup.tx.update
+
+    def inf_moment(grads, opt_state, params=None):
+        updates, new_state = real_update(grads, opt_state, params)
+        leaves, treedef = jax.tree.flatten(new_state)
+        first = next(i for i, x in enumerate(leaves) if jnp.issubdtype(x.dtype, jnp.floating))
+        leaves[first] = leaves[first].at[(0,) * leaves[first].ndim].set(jnp.inf)
+        return updates, jax.tree.unflatten(treedef, leaves)
+
+    setup = dataclasses.replace(setup, tx=optax.GradientTransformation(setup.tx.init, inf_moment))
+    step = ts.make_train_step(setup)
+    state = ts.init_state(setup)
+    batch = input_pipeline.to_global(next(input_pipeline.make_train_iterator(c)),
+                                     sharding.batch_sharding(mesh))
+    state, metrics = step(state, batch, jax.random.PRNGKey(0))
+    assert np.isfinite(float(metrics["param_norm"]))
+    assert float(metrics["finite"]) == 0.0 and int(state["step"]) == 0
 
 
 def _poison_step(monkeypatch, bad_step):

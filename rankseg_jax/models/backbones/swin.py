@@ -295,7 +295,7 @@ class SwinTransformer(nnx.Module):
     def __init__(self, *, embed_dim: int, depths, num_heads, window_size: int,
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, patch_size: int = 4,
                  patch_norm: bool = True, ape: bool = False, drop_path_rate: float = 0.0,
-                 out_indices=None, dtype=jnp.float32, remat: bool = False,
+                 out_indices=None, dtype=jnp.float32, remat: bool | str = False,
                  rngs: nnx.Rngs):
         if ape:
             raise ValueError("SwinTransformer: ape=True (absolute position embedding) is not "

@@ -68,7 +68,7 @@ class ViTConfig:
 class ViT(nnx.Module):
     """Pre-norm ViT: patch conv, cls token, learned position embedding, blocks, final LN."""
 
-    def __init__(self, cfg: ViTConfig, *, dtype=jnp.float32, remat: bool = False,
+    def __init__(self, cfg: ViTConfig, *, dtype=jnp.float32, remat: bool | str = False,
                  rngs: nnx.Rngs):
         embed_dim, depth, patch_size = cfg.embed_dim, cfg.depth, cfg.patch_size
         oce_classes, img_size = cfg.oce_classes, cfg.img_size

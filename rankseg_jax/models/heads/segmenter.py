@@ -93,7 +93,7 @@ class MaskTransformerHead(nnx.Module):
     """
 
     def __init__(self, cfg: MaskTransformerConfig, rankseg: RankSegConfig | None = None, *,
-                 dtype=jnp.float32, remat: bool = False, rngs: nnx.Rngs):
+                 dtype=jnp.float32, remat: bool | str = False, rngs: nnx.Rngs):
         self.cfg, self.rankseg = cfg, rankseg
         self.num_classes = cfg.num_classes
         self.dtype, self.remat = dtype, remat
