@@ -103,6 +103,10 @@ def base_config() -> mlc.ConfigDict:
     # OCE variant: class embeddings appended before layer `oce_start_layer` (-1 = last layer).
     b.oce = False
     b.oce_start_layer = -1  # the layer the OCE class embeddings enter before
+    # Run the blocks as one lax.scan over their stacked parameters (stacked per call; the
+    # parameters keep their `layers.{i}` paths): one block body to compile instead of
+    # `depth`, same values. See docs/training.md.
+    b.scan_layers = False
 
     # Swin Transformer (model.backbone = "swin", Mask2Former's `D2SwinTransformer`): stage i
     # has embed_dim * 2**i channels; outputs res2..res5 (strides 4..32) after per-stage norms.

@@ -85,9 +85,10 @@ def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
     return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
 
-def drop_path(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
-    """Stochastic depth per sample (timm semantics): keep the branch with prob 1 - rate."""
-    if rng is None or rate == 0.0:
+def drop_path(x: jax.Array, rate: float | jax.Array, rng: jax.Array | None) -> jax.Array:
+    """Stochastic depth per sample (timm semantics): keep the branch with prob 1 - rate.
+    `rate` may be traced (a scanned stack of blocks passes each block's rate)."""
+    if rng is None or (isinstance(rate, (int, float)) and rate == 0.0):
         return x
     keep = jax.random.bernoulli(rng, 1.0 - rate, (x.shape[0],) + (1,) * (x.ndim - 1))
     return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
@@ -189,12 +190,16 @@ class Block(nnx.Module):
         self.norm2 = layer_norm(dim, eps, rngs)
         self.mlp = Mlp(dim, mlp_dim, drop=drop, init=init, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
-        """x: [B, N, d] -> [B, N, d]; rng None means eval (no dropout, no drop path)."""
+    def __call__(self, x: jax.Array, rng: jax.Array | None = None,
+                 drop_path_rate: jax.Array | None = None) -> jax.Array:
+        """x: [B, N, d] -> [B, N, d]; rng None means eval (no dropout, no drop path).
+        drop_path_rate: overrides the block's own rate (a traced scalar when the blocks run
+        under a scan, where one module definition serves every block)."""
         r_attn, r_mlp, r_dp1, r_dp2 = split_rng(rng, 4)
         dtype = x.dtype
-        x = x + drop_path(self.attn(self.norm1(x).astype(dtype), r_attn), self.drop_path, r_dp1)
-        x = x + drop_path(self.mlp(self.norm2(x).astype(dtype), r_mlp), self.drop_path, r_dp2)
+        rate = self.drop_path if drop_path_rate is None else drop_path_rate
+        x = x + drop_path(self.attn(self.norm1(x).astype(dtype), r_attn), rate, r_dp1)
+        x = x + drop_path(self.mlp(self.norm2(x).astype(dtype), r_mlp), rate, r_dp2)
         return x
 
 
@@ -208,6 +213,33 @@ def remat_policy(remat: bool | str):
     if policy is None:
         raise ValueError(f"unknown remat policy {remat!r}: a name in jax.checkpoint_policies")
     return policy
+
+
+def scan_blocks(blocks, x: jax.Array, keys: list[jax.Array | None],
+                remat: bool | str = False) -> jax.Array:
+    """Applies `blocks` in order as one `lax.scan` over their stacked parameters; block i is
+    called with keys[i] (all None in evaluation) and its own drop-path rate.
+
+    The parameters stay where they are (`layers.{i}...`, the checkpoint and conversion
+    contract); each call stacks them ([n, ...] copies, whose gradients flow back to the
+    per-block parameters). XLA then compiles one block body instead of n, and the backward
+    pass cannot fuse element-wise work across blocks. Each block keeps its own key and its
+    own drop-path rate (passed in as data). The blocks must differ only in their rates.
+    """
+    graphdef, _ = nnx.split(blocks[0])
+    states = [nnx.split(blk)[1] for blk in blocks]
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
+    rates = jnp.asarray([blk.drop_path for blk in blocks], jnp.float32)
+    keys = None if keys[0] is None else jnp.stack(keys)
+
+    def body(y, per_block):
+        state, rate, key = per_block
+        return nnx.merge(graphdef, state)(y, key, drop_path_rate=rate), None
+
+    if remat:
+        body = jax.checkpoint(body, policy=remat_policy(remat))
+    x, _ = jax.lax.scan(body, x, (stacked, rates, keys))
+    return x
 
 
 def run_blocks(blocks, x: jax.Array, rng: jax.Array | None,

@@ -54,6 +54,7 @@ class ViTConfig:
     ln_eps: float = 1e-6
     oce_classes: int = 0
     oce_start_layer: int = -1
+    scan_layers: bool = False
 
     @classmethod
     def from_config(cls, model: mlc.ConfigDict) -> ViTConfig:
@@ -102,6 +103,18 @@ class ViT(nnx.Module):
         self.final_norm = (tfm.layer_norm(embed_dim, cfg.ln_eps, rngs) if cfg.final_norm
                            else None)
 
+    def _run_layers(self, start: int, stop: int, x: jax.Array,
+                    keys: list[jax.Array | None]) -> jax.Array:
+        """Blocks start..stop-1, each with its key (as `run_blocks` gives one block: the key
+        split once); one scan over them when cfg.scan_layers and there are several."""
+        if not (self.cfg.scan_layers and stop - start > 1):
+            for i, key in zip(range(start, stop), keys, strict=True):
+                x = tfm.run_blocks([self.layers[i]], x, key, self.remat)
+            return x
+        block_keys = [tfm.split_rng(k, 1)[0] for k in keys]
+        layers = [self.layers[i] for i in range(start, stop)]
+        return tfm.scan_blocks(layers, x, block_keys, self.remat)
+
     def __call__(self, images: jax.Array, rng: jax.Array | None = None
                  ) -> tuple[jax.Array, jax.Array | None]:
         """Encodes images.
@@ -125,13 +138,15 @@ class ViT(nnx.Module):
         rng_pos, rng_layers = tfm.split_rng(rng, 2)
         x = tfm.dropout(x, self.drop_rate, rng_pos)
         keys = tfm.split_rng(rng_layers, len(self.layers))
-        for i, (layer, key) in enumerate(zip(self.layers, keys, strict=True)):
-            if i == self.oce_start:
-                # OCE: class tokens appended at the end, without position embedding.
+        # OCE: class tokens appended at the end, without position embedding, before layer
+        # oce_start; the blocks run in segments around that point.
+        cuts = [0] + ([self.oce_start] if self.oce_start > 0 else []) + [len(self.layers)]
+        for start, stop in zip(cuts[:-1], cuts[1:], strict=True):
+            if start == self.oce_start:
                 emb = jnp.broadcast_to(self.cls_emb[...].astype(x.dtype),
                                        (b, self.oce_classes, d))
                 x = jnp.concatenate([x, emb], axis=1)
-            x = tfm.run_blocks([layer], x, key, self.remat)
+            x = self._run_layers(start, stop, x, keys[start:stop])
         if self.final_norm is not None:
             x = self.final_norm(x).astype(x.dtype)
         patch_grid = x[:, 1:1 + h * w].reshape(b, h, w, d)
