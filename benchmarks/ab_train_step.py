@@ -26,6 +26,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import add_step_arguments  # noqa: E402
 from train_step import build_config, synthetic_batch  # noqa: E402
 
 VARIANTS = ("xla-default", "+ynn-dot", "+acc", "+rbg")
@@ -79,10 +80,7 @@ def compile_variant(name: str, a) -> tuple:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--preset", default="s16")
-    ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--k", type=int, default=150)
-    ap.add_argument("--kappa", type=int, default=50, help="0 = Segmenter baseline")
+    add_step_arguments(ap)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--steps", type=int, default=4, help="timed steps per variant and pass")
     ap.add_argument("--passes", type=int, default=2)

@@ -41,6 +41,15 @@ def runtime_setup(xla_defaults: bool = False) -> list[str]:
     return [] if xla_defaults else runtime.configure_cpu_flags()
 
 
+def add_step_arguments(ap) -> None:
+    """The Segmenter step's shape options shared by the single-configuration benchmarks:
+    --preset (ViT), --size (square crop), --k (classes), --kappa (0 = the baseline)."""
+    ap.add_argument("--preset", default="s16")
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--k", type=int, default=150)
+    ap.add_argument("--kappa", type=int, default=50, help="0 = Segmenter baseline")
+
+
 def default_backend() -> str:
     """'cpu', 'gpu' or 'tpu', asked of a fresh process (this one never initialises jax, so
     the workers get the whole accelerator)."""

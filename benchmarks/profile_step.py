@@ -29,7 +29,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import runtime_setup  # noqa: E402
+from common import add_step_arguments, runtime_setup  # noqa: E402
 from train_step import build_config, synthetic_batch  # noqa: E402
 
 # Executor bookkeeping and markers in the trace, not thunks.
@@ -120,10 +120,7 @@ def analyse(trace_dir: str, traced: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--preset", default="s16")
-    ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--k", type=int, default=150)
-    ap.add_argument("--kappa", type=int, default=50, help="0 = Segmenter baseline")
+    add_step_arguments(ap)
     ap.add_argument("--steps", type=int, default=5, help="timed (untraced) steps")
     ap.add_argument("--traced", type=int, default=3)
     ap.add_argument("--top", type=int, default=20)
