@@ -32,8 +32,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import add_step_arguments, runtime_setup  # noqa: E402
 from train_step import build_config, synthetic_batch  # noqa: E402
 
-# Executor bookkeeping and markers in the trace, not thunks.
-NOT_THUNKS = ("ThunkExecutor::", "SlinkyThreadPool::", "ThreadpoolListener::", "end: ", "$")
+# Executor bookkeeping, markers and the caller's dispatch spans in the trace, not thunks.
+NOT_THUNKS = ("ThunkExecutor::", "SlinkyThreadPool::", "ThreadpoolListener::", "end: ", "$",
+              "Pjit", "CommonPjRt")
 
 
 def trace_steps(a, trace_dir: str) -> tuple[float, str]:
@@ -82,9 +83,7 @@ def analyse(trace_dir: str, traced: int) -> dict:
     events = json.load(gzip.open(path))["traceEvents"]
     spans = [e for e in events if e.get("ph") == "X"]
     steps = [e for e in spans if e["name"] == "ThunkExecutor::Execute (wait for completion)"]
-    thunks = [e for e in spans if not e["name"].startswith(NOT_THUNKS)
-              and e["name"] not in ("CommonPjRtClient::CreateOutputs",)
-              and not e["name"].startswith(("Pjit", "PjitFunction", "CommonPjRt"))]
+    thunks = [e for e in spans if not e["name"].startswith(NOT_THUNKS)]
     busy, share, alone, count = (collections.Counter() for _ in range(4))
     concurrency = collections.Counter()
     wall = 0.0

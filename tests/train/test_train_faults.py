@@ -103,7 +103,7 @@ def test_step_rejects_a_non_finite_update(monkeypatch):
         np.testing.assert_array_equal(a, b)
 
 
-def test_step_rejects_a_non_finite_optimizer_moment(monkeypatch):
+def test_step_rejects_a_non_finite_optimizer_moment():
     # Finite loss, gradients and parameters, but an overflowing moment (the parameters only
     # go bad on the next step): this step must already be refused.
     c = small_train_config(**{"train.batch_size": 2})
