@@ -6,11 +6,16 @@ there, only achieved GFLOP/s).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
+import json
 import os
 import platform
 import subprocess
 import sys
+import tempfile
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -63,11 +68,101 @@ def standard_jobs(cpu_jobs: list, accelerator_jobs: list) -> list:
     return list(cpu_jobs) + ([] if default_backend() == "cpu" else list(accelerator_jobs))
 
 
+# Parallel mode of `run_workers`: the workers compile at the same time, then time their
+# steps one at a time. Read by `timing_turn` in the worker processes.
+SYNC_DIR, SYNC_INDEX, SYNC_COUNT = ("RANKSEG_BENCH_SYNC_DIR", "RANKSEG_BENCH_SYNC_INDEX",
+                                    "RANKSEG_BENCH_SYNC_COUNT")
+
+
+def run_workers(script: str, jobs: list[dict], parallel: bool = False,
+                timeout_s: float | None = None) -> list[dict]:
+    """Runs `script --worker JSON` once per job, each in a fresh process, and returns each
+    worker's last stdout line (JSON), or the job with an 'error' (its last stderr line).
+
+    parallel=False: one worker after another. parallel=True (for an accelerator, where
+    compiling dominates a short benchmark): all workers start together and compile at the
+    same time, wait until every worker has compiled (or died), then take turns for their
+    timed steps under an exclusive file lock, so no two time at once. Device memory is then
+    allocated on demand (no preallocation), and the reported compile times include the
+    contention. timeout_s: a worker still running after that long is killed (its row
+    reports the timeout)."""
+    if not parallel:
+        rows = []
+        for job in jobs:
+            try:
+                res = subprocess.run([sys.executable, script, "--worker", json.dumps(job)],
+                                     capture_output=True, text=True, timeout=timeout_s)
+            except subprocess.TimeoutExpired as e:
+                res = subprocess.CompletedProcess(e.cmd, -9, "", f"killed after {timeout_s} s")
+            rows.append(_finish(job, res))
+            print(json.dumps(rows[-1]), flush=True)
+        return rows
+    with tempfile.TemporaryDirectory(prefix="bench_sync_") as sync:
+        procs = []
+        for i, job in enumerate(jobs):
+            env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false",
+                       **{SYNC_DIR: sync, SYNC_INDEX: str(i), SYNC_COUNT: str(len(jobs))})
+            out = tempfile.TemporaryFile("w+")
+            err = tempfile.TemporaryFile("w+")
+            procs.append((job, out, err, subprocess.Popen(
+                [sys.executable, script, "--worker", json.dumps(job)], stdout=out, stderr=err,
+                text=True, env=env)))
+        start, rows = time.monotonic(), [None] * len(jobs)
+        while any(r is None for r in rows):
+            for i, (job, out, err, proc) in enumerate(procs):
+                if rows[i] is not None:
+                    continue
+                if timeout_s and proc.poll() is None and time.monotonic() - start > timeout_s:
+                    proc.kill()
+                    proc.wait()
+                    err.write(f"\nkilled after {timeout_s:.0f} s\n")
+                if proc.poll() is None:
+                    continue
+                # A dead worker counts as compiled, so that the others do not wait for it.
+                open(os.path.join(sync, f"ready.{i}"), "a").close()
+                out.seek(0)
+                err.seek(0)
+                rows[i] = _finish(job, subprocess.CompletedProcess(
+                    proc.args, proc.returncode, out.read(), err.read()))
+                print(json.dumps(rows[i]), flush=True)
+            time.sleep(0.2)
+        return rows
+
+
+def _finish(job: dict, res: subprocess.CompletedProcess) -> dict:
+    if res.returncode:
+        print(f"worker {job} failed:\n{res.stderr[-4000:]}", file=sys.stderr)
+        lines = res.stderr.strip().splitlines() or ["?"]
+        return {**job, "error": lines[-1][:200]}
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+@contextlib.contextmanager
+def timing_turn():
+    """In a worker of `run_workers(parallel=True)`: marks this worker compiled, waits until
+    every worker is, then holds the timing lock for the body. Elsewhere: does nothing."""
+    sync = os.environ.get(SYNC_DIR)
+    if not sync:
+        yield
+        return
+    open(os.path.join(sync, f"ready.{os.environ[SYNC_INDEX]}"), "a").close()
+    count = int(os.environ[SYNC_COUNT])
+    while not all(os.path.exists(os.path.join(sync, f"ready.{i}")) for i in range(count)):
+        time.sleep(0.2)
+    with open(os.path.join(sync, "lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def peak_tflops(device_kind: str, dtype: str) -> float | None:
     """The chip's dense peak for `dtype`, or None when unknown (e.g. CPU)."""
     for name, peaks in PEAK_TFLOPS.items():
         if name.lower() in device_kind.lower():
-            return peaks.get(dtype)
+            # float32 matmuls at jax's default precision run as TF32 on NVIDIA tensor cores
+            return peaks.get("tf32" if dtype == "float32" and "tf32" in peaks else dtype)
     return None
 
 
@@ -102,17 +197,25 @@ def peak_device_memory_MiB() -> float | None:
     return None if peak is None else peak / MIB
 
 
+def git_commit() -> str:
+    """The checkout's short commit, or $RANKSEG_GIT_COMMIT when set (a copy of the tree
+    without its .git, e.g. on a lent accelerator machine), else "unknown"."""
+    if os.environ.get("RANKSEG_GIT_COMMIT"):
+        return os.environ["RANKSEG_GIT_COMMIT"]
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                              capture_output=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def environment() -> dict:
     """Device, versions, date and git revision for the report header."""
     import flax
     import jax
     import jaxlib
 
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                             capture_output=True, text=True).stdout.strip()
-    except OSError:
-        rev = ""
+    rev = git_commit()
     dev = jax.devices()[0]
     return {"device": f"{dev.platform}:{dev.device_kind} x{jax.device_count()}",
             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),

@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -32,7 +31,10 @@ from common import (  # noqa: E402
     environment,
     markdown_section,
     memory_numbers,
+    peak_device_memory_MiB,
+    run_workers,
     runtime_setup,
+    timing_turn,
 )
 from train_step import PRESET_NAMES, build_config  # noqa: E402
 
@@ -42,7 +44,8 @@ STANDARD = [("s16", 256, 150, 0, "whole", "full"), ("s16", 256, 150, 50, "whole"
 
 
 def measure(preset: str, size: int, k: int, kappa: int, mode: str, path: str, runs: int,
-            warmup: int) -> dict:
+            warmup: int, dtype: str = "float32", batch: int = 1,
+            overrides: tuple[str, ...] = ()) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -50,7 +53,7 @@ def measure(preset: str, size: int, k: int, kappa: int, mode: str, path: str, ru
     from rankseg_jax import models
     from rankseg_jax.evaluation import export, full_logits
 
-    c = build_config(preset, size, k, kappa, 1, "float32", False)
+    c = build_config(preset, size, k, kappa, 1, dtype, False, tuple(overrides))
     c.unlock()
     c.test.mode = mode
     model = models.build_model(c)
@@ -62,22 +65,24 @@ def measure(preset: str, size: int, k: int, kappa: int, mode: str, path: str, ru
                                               stride=(size, size), ori=(size, size),
                                               flip=False, softmax=True)
             return jnp.argmax(scores, axis=1)
-    image = jnp.asarray(np.random.default_rng(0).standard_normal((1, size, size, 3)),
+    image = jnp.asarray(np.random.default_rng(0).standard_normal((batch, size, size, 3)),
                         jnp.float32)
     t = time.perf_counter()
     compiled = jax.jit(fn).lower(image).compile()
     compile_s = time.perf_counter() - t
-    for _ in range(warmup):
-        jax.block_until_ready(compiled(image))
     times, cpu = [], []
-    for _ in range(runs):
-        t, p = time.perf_counter(), time.process_time()
-        jax.block_until_ready(compiled(image))
-        times.append(time.perf_counter() - t)
-        cpu.append(time.process_time() - p)
+    with timing_turn():  # alone on the device when the workers run in parallel
+        for _ in range(warmup):
+            jax.block_until_ready(compiled(image))
+        for _ in range(runs):
+            t, p = time.perf_counter(), time.process_time()
+            jax.block_until_ready(compiled(image))
+            times.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - p)
     return {"preset": preset, "size": size, "K": k, "kappa": kappa or None, "mode": mode,
-            "path": path, "compile_s": round(compile_s, 1), "time_s": statistics.median(times),
-            "cpu_s": statistics.median(cpu),
+            "path": path, "dtype": dtype, "batch": batch, "overrides": list(overrides),
+            "compile_s": round(compile_s, 1), "time_s": statistics.median(times),
+            "cpu_s": statistics.median(cpu), "peak_MiB": peak_device_memory_MiB(),
             **memory_numbers(compiled)}
 
 
@@ -90,41 +95,49 @@ def main() -> None:
     ap.add_argument("--baseline", action="store_true")
     ap.add_argument("--mode", default="whole", choices=["whole", "slide"])
     ap.add_argument("--path", default="light", choices=["light", "full"])
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--batch", type=int, default=1, help="images per call")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override, e.g. model.attention=cudnn (repeatable)")
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--xla_defaults", action="store_true",
                     help="do not add the project's XLA:CPU flags (rankseg_jax/runtime.py)")
     ap.add_argument("--standard", action="store_true")
     ap.add_argument("--only", default="", help="comma-separated row indices of the standard set")
+    ap.add_argument("--parallel", action="store_true",
+                    help="compile every row at once, then time them one at a time")
+    ap.add_argument("--timeout", type=float, default=None,
+                    help="seconds after which a row's worker is killed (its row fails)")
     ap.add_argument("--append", action="store_true")
-    ap.add_argument("--worker", nargs="*", help=argparse.SUPPRESS)
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker is not None:
-        p, size, k, kappa, mode, path, runs, warmup = a.worker
-        print(json.dumps(measure(p, int(size), int(k), int(kappa), mode, path, int(runs),
-                                 int(warmup))))
+        print(json.dumps(measure(**json.loads(a.worker))))
         return
     runtime_setup(a.xla_defaults)
     jobs = STANDARD if a.standard else [
         (a.preset, a.size, a.k, 0 if a.baseline else a.kappa, a.mode, a.path)]
     if a.only:
         jobs = [jobs[int(i)] for i in a.only.split(",")]
-    rows = []
-    for job in jobs:
-        cmd = [sys.executable, __file__, "--worker", *map(str, job), str(a.runs), str(a.warmup)]
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        if res.returncode:
-            sys.exit(f"worker {job} failed:\n{res.stderr[-4000:]}")
-        rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
-        print(json.dumps(rows[-1]), flush=True)
-    lines = ["| model | size | K | kappa | mode | path | time (s) | CPU s | compile (s) |"
-             " XLA temp (MiB) | GFLOPs |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    keys = ("preset", "size", "k", "kappa", "mode", "path")
+    rows = run_workers(__file__, [
+        dict(zip(keys, job, strict=True), runs=a.runs, warmup=a.warmup, dtype=a.dtype,
+             batch=a.batch, overrides=a.set) for job in jobs], a.parallel, a.timeout)
+    lines = ["| model | size | K | kappa | mode | path | dtype | batch | time (s) | CPU s |"
+             " compile (s) | XLA temp (MiB) | peak (MiB) | GFLOPs |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         model = f"{PRESET_NAMES[r['preset']]} " + ("RankSeg" if r["kappa"] else "baseline")
-        lines.append(f"| {model} | {r['size']}² | {r['K']} | {r['kappa'] or '-'} | {r['mode']} |"
-                     f" {r['path']} | {r['time_s']:.3f} | {r['cpu_s']:.3f} |"
-                     f" {r['compile_s']:.0f} |"
-                     f" {r['temp_MiB']:.0f} | {r['gflops']:.1f} |")
+        model += f" [{', '.join(r['overrides'])}]" if r["overrides"] else ""
+        head = (f"| {model} | {r['size']}² | {r.get('K', r.get('k'))} | {r['kappa'] or '-'} |"
+                f" {r['mode']} | {r['path']} | {r['dtype']} | {r['batch']} |")
+        if "error" in r:
+            lines.append(f"{head} failed: {r['error']} |")
+            continue
+        peak = "-" if r["peak_MiB"] is None else f"{r['peak_MiB']:.0f}"
+        lines.append(f"{head} {r['time_s']:.3f} | {r['cpu_s']:.3f} | {r['compile_s']:.0f} |"
+                     f" {r['temp_MiB']:.0f} | {peak} | {r['gflops']:.1f} |")
     text = "\n".join(lines)
     print("\n" + text)
     if a.append:

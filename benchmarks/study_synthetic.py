@@ -146,11 +146,9 @@ def missing(outputs: list[Row], seed: int) -> list[Row]:
 
 
 def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
-                              capture_output=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    from benchmarks.common import git_commit
+
+    return git_commit()
 
 
 def _summary(ev: dict) -> dict:

@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -39,8 +38,10 @@ from common import (  # noqa: E402
     memory_numbers,
     peak_device_memory_MiB,
     peak_tflops,
+    run_workers,
     runtime_setup,
     standard_jobs,
+    timing_turn,
 )
 
 PRESET_NAMES = {"ti16": "ViT-Ti/16", "s16": "ViT-S/16", "b16": "ViT-B/16", "l16": "ViT-L/16",
@@ -160,16 +161,17 @@ def measure(preset: str, size: int, k: int, kappa: int, batch: int, dtype: str, 
     t = time.perf_counter()
     compiled = step_fn.lower(state, data, key).compile()
     compile_s = time.perf_counter() - t
-    for _ in range(warmup):
-        state, metrics = compiled(state, data, key)
-    jax.block_until_ready(metrics)
     times, cpu = [], []
-    for _ in range(steps):
-        t, p = time.perf_counter(), time.process_time()
-        state, metrics = compiled(state, data, key)
+    with timing_turn():  # alone on the device when the workers run in parallel
+        for _ in range(warmup):
+            state, metrics = compiled(state, data, key)
         jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - t)
-        cpu.append(time.process_time() - p)
+        for _ in range(steps):
+            t, p = time.perf_counter(), time.process_time()
+            state, metrics = compiled(state, data, key)
+            jax.block_until_ready(metrics)
+            times.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - p)
     step_s = statistics.median(times)
     numbers = memory_numbers(compiled)
     tflops = numbers["gflops"] / 1e3 / step_s
@@ -183,16 +185,15 @@ def measure(preset: str, size: int, k: int, kappa: int, batch: int, dtype: str, 
             "times": times, **numbers}
 
 
-def run_in_subprocess(script: str, job: dict) -> dict:
-    """Runs `script --worker JSON` in a fresh process; returns its last stdout line (JSON),
-    or the job with an 'error' (the worker's last stderr line) when it failed."""
-    res = subprocess.run([sys.executable, script, "--worker", json.dumps(job)],
-                         capture_output=True, text=True)
-    if res.returncode:
-        print(f"worker {job} failed:\n{res.stderr[-4000:]}", file=sys.stderr)
-        lines = res.stderr.strip().splitlines() or ["?"]
-        return {**job, "error": lines[-1][:200]}
-    return json.loads(res.stdout.strip().splitlines()[-1])
+def describe(r: dict) -> str:
+    """The table's model column: preset, method, remat policy and other overrides."""
+    model = f"{PRESET_NAMES[r['preset']]} " + ("RankSeg" if r["kappa"] else "baseline")
+    others = [o for o in r["overrides"] if not o.startswith("model.remat_policy=")]
+    if r["remat"]:
+        policy = next((o.partition("=")[2] for o in r["overrides"]
+                       if o.startswith("model.remat_policy=")), "nothing_saveable")
+        model += f" remat ({policy})"
+    return model + (f" [{', '.join(others)}]" if others else "")
 
 
 def table(rows: list[dict]) -> str:
@@ -200,17 +201,15 @@ def table(rows: list[dict]) -> str:
              " compile (s) | GFLOPs/step | TFLOP/s | MFU | XLA temp (MiB) | peak (MiB) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        model = f"{PRESET_NAMES[r['preset']]} " + ("RankSeg" if r["kappa"] else "baseline")
+        model = describe(r)
         if "error" in r:
             lines.append(f"| {model} | {r['size']}² | {r['k']} | {r['kappa'] or '-'} |"
                          f" {r['batch']} | {r['dtype']} | failed: {r['error']} |")
             continue
         mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
         peak = "-" if r["peak_MiB"] is None else f"{r['peak_MiB']:.0f}"
-        policy = next((o.partition("=")[2] for o in r["overrides"]
-                       if o.startswith("model.remat_policy=")), "nothing_saveable")
         lines.append(
-            f"| {model}{f' remat ({policy})' if r['remat'] else ''} | {r['size']}² | {r['K']} |"
+            f"| {model} | {r['size']}² | {r['K']} |"
             f" {r['kappa'] or '-'} | {r['batch']} | {r['dtype']} | {r['step_s']:.3f} |"
             f" {r['cpu_s']:.3f} |"
             f" {r['images_per_s']:.2f} | {r['compile_s']:.0f} | {r['gflops']:.0f} |"
@@ -239,6 +238,15 @@ def main() -> None:
     ap.add_argument("--standard", action="store_true",
                     help="the standard set (CPU-sized; larger rows on GPU/TPU)")
     ap.add_argument("--only", default="", help="comma-separated row indices of the standard set")
+    ap.add_argument("--jobs", metavar="FILE",
+                    help="a JSON list of rows {preset, size, k, kappa, batch} with optional "
+                         "dtype, remat, overrides (instead of --standard or one row)")
+    ap.add_argument("--parallel", action="store_true",
+                    help="compile every row at once, then time them one at a time (for a "
+                         "GPU/TPU: saves the serial compile times; compile times include "
+                         "the contention)")
+    ap.add_argument("--timeout", type=float, default=None,
+                    help="seconds after which a row's worker is killed (its row fails)")
     ap.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -250,13 +258,16 @@ def main() -> None:
         (a.preset, a.size, a.k, 0 if a.baseline else a.kappa, a.batch)]
     if a.only:
         jobs = [jobs[int(i)] for i in a.only.split(",")]
-    rows = []
-    for preset, size, k, kappa, batch in jobs:
-        overrides = a.set + ([f"model.remat_policy={a.remat_policy}"] if a.remat else [])
-        job = dict(preset=preset, size=size, k=k, kappa=kappa, batch=batch, dtype=a.dtype,
-                   remat=a.remat, steps=a.steps, warmup=a.warmup, overrides=overrides)
-        rows.append(run_in_subprocess(__file__, job))
-        print(json.dumps(rows[-1]), flush=True)
+    overrides = a.set + ([f"model.remat_policy={a.remat_policy}"] if a.remat else [])
+    specs = [dict(preset=preset, size=size, k=k, kappa=kappa, batch=batch)
+             for preset, size, k, kappa, batch in jobs]
+    if a.jobs:
+        with open(a.jobs) as f:
+            specs = json.load(f)
+    defaults = dict(dtype=a.dtype, remat=a.remat, steps=a.steps, warmup=a.warmup,
+                    overrides=overrides)
+    rows = run_workers(__file__, [{**defaults, **spec} for spec in specs], a.parallel,
+                       a.timeout)
     text = table(rows)
     print("\n" + text)
     if a.append:

@@ -60,6 +60,8 @@ SCHEDULES = ("poly", "constant")
 DROPOUT_PRNGS = ("threefry", "rbg")
 # Names in jax.checkpoint_policies (what a rematerialised block keeps from its forward).
 REMAT_POLICIES = ("nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable")
+# `implementation` of jax.nn.dot_product_attention: XLA's own, or cuDNN's fused flash attention.
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
 
 
 class ConfigError(ValueError):
@@ -84,6 +86,10 @@ def base_config() -> mlc.ConfigDict:
     # "dots_with_no_batch_dims_saveable" keeps the projections and MLP matmuls but not the
     # attention score / weighted-sum matmuls (which grow with tokens squared).
     m.remat_policy = "nothing_saveable"
+    # Attention kernel of the Segmenter ViT blocks and head blocks: "xla" (any backend,
+    # the reference numerics) or "cudnn" (cuDNN flash attention: CUDA GPUs, bfloat16 compute,
+    # head dim a multiple of 8; not the attention-dropout path, which stays in XLA).
+    m.attention = "xla"
 
     m.vit = b = mlc.ConfigDict()
     b.embed_dim = 768  # ViT width (presets: VIT_PRESETS)

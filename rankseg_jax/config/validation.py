@@ -33,6 +33,9 @@ def validate_model(config: mlc.ConfigDict) -> None:
                           f"use one of {schema.ARCH_BACKBONES[m.arch]}")
     choice(m.dtype, schema.DTYPES, "model.dtype")
     choice(m.remat_policy, schema.REMAT_POLICIES, "model.remat_policy")
+    choice(m.attention, schema.ATTENTION_IMPLEMENTATIONS, "model.attention")
+    if m.attention == "cudnn":
+        _validate_cudnn_attention(config)
     choice(r.temperature, schema.TEMPERATURES, "model.rankseg.temperature")
     choice(r.oracle, schema.ORACLES, "model.rankseg.oracle")
     choice(config.loss.img_type, schema.IMG_LOSSES, "loss.img_type")
@@ -197,6 +200,30 @@ def _validate_mask2former(config: mlc.ConfigDict) -> None:
     if config.loss.img_type != "asl":
         raise ConfigError(f"loss.img_type={config.loss.img_type!r}: Mask2Former's RankSeg "
                           "multi-label loss is the official AsymmetricLoss ('asl')")
+
+
+def _validate_cudnn_attention(config: mlc.ConfigDict) -> None:
+    """model.attention="cudnn": what cuDNN flash attention (jax.nn.dot_product_attention's
+    'cudnn' implementation) accepts, checked here rather than as a lowering error."""
+    m = config.model
+    if m.arch != "segmenter" or m.backbone != "vit":
+        raise ConfigError(f"model.attention='cudnn' is wired for the Segmenter ViT (model.arch="
+                          f"'segmenter', model.backbone='vit'), not model.arch={m.arch!r} with "
+                          f"model.backbone={m.backbone!r}; use model.attention='xla'")
+    if m.dtype != "bfloat16":
+        raise ConfigError(f"model.attention='cudnn' needs model.dtype='bfloat16' (cuDNN flash "
+                          f"attention takes bf16/fp16 inputs), not {m.dtype!r}")
+    for name, dim, heads in (("model.vit", m.vit.embed_dim, m.vit.num_heads),
+                             ("model.head", m.head.d_model, m.head.num_heads)):
+        head_dim = dim // heads
+        if head_dim % 8 or head_dim > 128:
+            raise ConfigError(f"model.attention='cudnn' needs a head dim that is a multiple of "
+                              f"8 and <= 128; {name} has {dim} / {heads} heads = {head_dim}")
+    import jax
+
+    if jax.default_backend() != "gpu":
+        raise ConfigError(f"model.attention='cudnn' needs a CUDA GPU; this run's backend is "
+                          f"{jax.default_backend()!r}; use model.attention='xla'")
 
 
 def validate_mask2former_training(config: mlc.ConfigDict) -> None:

@@ -30,7 +30,7 @@ def _remat(m: mlc.ConfigDict) -> bool | str:
 def _vit(config: mlc.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
     m = config.model
     return vit.ViT(vit.ViTConfig.from_config(m), dtype=DTYPES[m.dtype], remat=_remat(m),
-                   rngs=rngs)
+                   attention=m.attention, rngs=rngs)
 
 
 def _swin(config: mlc.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
@@ -52,7 +52,7 @@ def _segmenter(config: mlc.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
     backbone = BACKBONES[m.backbone](config, rngs)
     head = segmenter.MaskTransformerHead(segmenter.MaskTransformerConfig.from_config(m),
                                          rankseg, dtype=DTYPES[m.dtype], remat=_remat(m),
-                                         rngs=rngs)
+                                         attention=m.attention, rngs=rngs)
     return segmentors.EncoderDecoder(backbone, head, num_classes=m.num_classes,
                                      rankseg=rankseg)
 

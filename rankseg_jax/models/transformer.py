@@ -106,13 +106,16 @@ class Attention(nnx.Module):
     (torch `nn.MultiheadAttention(q, k, v)` semantics: q·k scaled by dh^-0.5, softmax over
     keys in float32). `init` initialises query/key/value/out; `out_init` (default `init`)
     overrides it for `out` (Mask2Former's decoder initialises the fused in_proj and out_proj
-    differently).
+    differently). `implementation`: jax.nn.dot_product_attention's ("xla" or "cudnn") for
+    the path without attention dropout.
     """
 
     def __init__(self, dim: int, num_heads: int, *, qkv_bias: bool = True,
                  attn_drop: float = 0.0, proj_drop: float = 0.0, init: InitScheme,
-                 out_init: InitScheme | None = None, dtype=jnp.float32, rngs: nnx.Rngs):
+                 out_init: InitScheme | None = None, dtype=jnp.float32,
+                 implementation: str = "xla", rngs: nnx.Rngs):
         self.num_heads = num_heads
+        self.implementation = implementation
         self.attn_drop = attn_drop
         self.proj_drop = proj_drop
         self.query = dense(dim, dim, init, dtype, rngs, use_bias=qkv_bias)
@@ -142,11 +145,11 @@ class Attention(nnx.Module):
         v = self.value(value_input).reshape(b, nk, h, dh)
         rng_attn, rng_proj = split_rng(rng, 2)
         if rng_attn is None or self.attn_drop == 0.0:
-            # XLA's attention everywhere: implementation=None selects 'xla' in jax 0.10
-            # (cuDNN flash attention would need implementation='cudnn', bf16/fp16 inputs and
-            # a supported head dim; not wired up).
-            y = jax.nn.dot_product_attention(q, k, v, mask=mask,
-                                             scale=dh ** -0.5).reshape(b, n, d)
+            # "xla" (the reference numerics, every backend) or "cudnn" (fused flash
+            # attention on CUDA GPUs; config validation checks dtype and head dim).
+            y = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=dh ** -0.5,
+                                             implementation=self.implementation
+                                             ).reshape(b, n, d)
         else:
             logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (dh ** -0.5)
             # Softmax in float32 even for bf16 compute.
@@ -182,11 +185,12 @@ class Block(nnx.Module):
     def __init__(self, dim: int, num_heads: int, mlp_dim: int, *, eps: float,
                  qkv_bias: bool = True, drop: float = 0.0, attn_drop: float = 0.0,
                  drop_path: float = 0.0, init: InitScheme, dtype=jnp.float32,
-                 rngs: nnx.Rngs):
+                 attention: str = "xla", rngs: nnx.Rngs):
         self.drop_path = drop_path
         self.norm1 = layer_norm(dim, eps, rngs)
         self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop,
-                              proj_drop=drop, init=init, dtype=dtype, rngs=rngs)
+                              proj_drop=drop, init=init, dtype=dtype,
+                              implementation=attention, rngs=rngs)
         self.norm2 = layer_norm(dim, eps, rngs)
         self.mlp = Mlp(dim, mlp_dim, drop=drop, init=init, dtype=dtype, rngs=rngs)
 

@@ -70,7 +70,7 @@ class ViT(nnx.Module):
     """Pre-norm ViT: patch conv, cls token, learned position embedding, blocks, final LN."""
 
     def __init__(self, cfg: ViTConfig, *, dtype=jnp.float32, remat: bool | str = False,
-                 rngs: nnx.Rngs):
+                 attention: str = "xla", rngs: nnx.Rngs):
         embed_dim, depth, patch_size = cfg.embed_dim, cfg.depth, cfg.patch_size
         oce_classes, img_size = cfg.oce_classes, cfg.img_size
         self.cfg = cfg
@@ -98,7 +98,8 @@ class ViT(nnx.Module):
         self.layers = nnx.List([
             tfm.Block(embed_dim, cfg.num_heads, int(embed_dim * cfg.mlp_ratio), eps=cfg.ln_eps,
                       qkv_bias=cfg.qkv_bias, drop=cfg.drop_rate, attn_drop=cfg.attn_drop_rate,
-                      drop_path=float(rates[i]), init=init, dtype=dtype, rngs=rngs)
+                      drop_path=float(rates[i]), init=init, dtype=dtype, attention=attention,
+                      rngs=rngs)
             for i in range(depth)])
         self.final_norm = (tfm.layer_norm(embed_dim, cfg.ln_eps, rngs) if cfg.final_norm
                            else None)

@@ -93,7 +93,8 @@ class MaskTransformerHead(nnx.Module):
     """
 
     def __init__(self, cfg: MaskTransformerConfig, rankseg: RankSegConfig | None = None, *,
-                 dtype=jnp.float32, remat: bool | str = False, rngs: nnx.Rngs):
+                 dtype=jnp.float32, remat: bool | str = False, attention: str = "xla",
+                 rngs: nnx.Rngs):
         self.cfg, self.rankseg = cfg, rankseg
         self.num_classes = cfg.num_classes
         self.dtype, self.remat = dtype, remat
@@ -107,7 +108,7 @@ class MaskTransformerHead(nnx.Module):
         self.blocks = nnx.List([
             tfm.Block(d, cfg.num_heads, cfg.d_ff, eps=cfg.ln_eps, drop=cfg.dropout,
                       attn_drop=cfg.dropout, drop_path=float(rates[j]), init=init,
-                      dtype=dtype, rngs=rngs)
+                      dtype=dtype, attention=attention, rngs=rngs)
             for j in range(cfg.n_layers)])
         self.decoder_norm = tfm.layer_norm(d, cfg.ln_eps, rngs)
         scale = d ** -0.5
