@@ -2,15 +2,25 @@
 # One prepared session on a lent CUDA GPU (the speed issue's accelerator rows and the study's
 # GPU-sized rows), run from the repository root:
 #
-#   bash benchmarks/gpu_session.sh bench COMMIT   # checks + train-step and inference rows
+#   bash benchmarks/gpu_session.sh bench COMMIT   # GPU tests, train-step rows, inference rows
+#   bash benchmarks/gpu_session.sh rows COMMIT    # the train-step rows only
 #   bash benchmarks/gpu_session.sh study COMMIT   # K = 847 rows of the synthetic study
+#
+# Train-step rows run one at a time: compiling them in parallel (train_step.py --parallel)
+# makes every row wait for the slowest compile, and the RankSeg step's XLA:GPU compile took
+# over 95 s on the first lent H200 (BENCHMARKS.md, "GPU: first session").
 #
 # COMMIT: the short commit of the tree (recorded in the results when the copy has no .git).
 # Results go to $OUT (default /tmp/gpu_out): the tables, JSON rows and logs; `study` also
 # packs benchmarks/results/study/k847_* into $OUT/study_results.tgz. Wheels in .whl/ (the
 # project's pure-Python pins for the machine's Python) are installed to /tmp/site first; the
-# machine's own jax with its CUDA plugin is used. Each stage has its own time limit, so one
-# failing stage still leaves the others' results.
+# machine's own jax with its CUDA plugin and its flax are used (flax 0.12.8 does not import
+# with jax 0.11). The wheels the first lent H200 lacked (Python 3.12 image), fetched with
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl \
+#     grain==0.2.18 array_record==0.8.6 ml_collections==1.1.0 portpicker \
+#     orbax-checkpoint==0.12.8 optax==0.2.8
+# Each stage has its own time limit, so one failing stage still leaves the others' results.
 set -u
 PART=${1:?usage: gpu_session.sh bench|study COMMIT}
 export RANKSEG_GIT_COMMIT=${2:-unknown}
@@ -18,6 +28,7 @@ OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 if compgen -G ".whl/*.whl" >/dev/null; then
+  rm -rf /tmp/site
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site:$PWD
@@ -37,43 +48,35 @@ print(sys.version.split()[0], 'jax', jax.__version__, 'jaxlib', jaxlib.__version
       jax.devices())" 2>&1 | tee -a "$OUT/environment.txt"
 
   stamp "GPU tests (cuDNN attention vs XLA; a training smoke test)"
-  timeout 100 python3 -m pytest -q -p no:cacheprovider -x \
+  timeout 150 python3 -m pytest -q -p no:cacheprovider \
     tests/models/test_attention_implementation.py tests/train/test_speed_paths.py \
     2>&1 | tail -15 | tee "$OUT/gpu_tests.txt"
 
-  stamp "train steps (compiled in parallel, timed one at a time)"
-  cat > /tmp/gpu_train_jobs.json <<'EOF'
-[{"preset": "b16", "size": 512, "k": 150, "kappa": 50, "batch": 8, "dtype": "bfloat16"},
- {"preset": "b16", "size": 512, "k": 150, "kappa": 0, "batch": 8, "dtype": "bfloat16"},
- {"preset": "b16", "size": 512, "k": 150, "kappa": 50, "batch": 8, "dtype": "bfloat16",
-  "overrides": ["model.attention=cudnn"]},
- {"preset": "b16", "size": 512, "k": 150, "kappa": 0, "batch": 8, "dtype": "bfloat16",
-  "overrides": ["model.attention=cudnn"]},
- {"preset": "b16", "size": 512, "k": 150, "kappa": 50, "batch": 32, "dtype": "bfloat16",
-  "overrides": ["model.attention=cudnn"]},
- {"preset": "b16", "size": 512, "k": 150, "kappa": 50, "batch": 8, "dtype": "float32"},
- {"preset": "s16", "size": 256, "k": 150, "kappa": 50, "batch": 8, "dtype": "bfloat16"},
- {"preset": "s16", "size": 256, "k": 1284, "kappa": 50, "batch": 8, "dtype": "bfloat16"},
- {"preset": "s16", "size": 256, "k": 1284, "kappa": 0, "batch": 8, "dtype": "bfloat16"},
- {"preset": "s16", "size": 256, "k": 150, "kappa": 50, "batch": 1, "dtype": "float32"},
- {"preset": "m2f", "size": 128, "k": 30, "kappa": 30, "batch": 8, "dtype": "bfloat16"},
- {"preset": "m2f", "size": 128, "k": 30, "kappa": 0, "batch": 8, "dtype": "bfloat16"}]
-EOF
-  timeout 280 python3 benchmarks/train_step.py --jobs /tmp/gpu_train_jobs.json --parallel \
-    --timeout 260 --steps 20 --warmup 3 > "$OUT/train.log" 2> "$OUT/train.err"
-  tail -16 "$OUT/train.log"; tail -5 "$OUT/train.err"
-
-  stamp "the headline row again, alone (compile and autotuning without contention)"
-  echo '[{"preset": "b16", "size": 512, "k": 150, "kappa": 50, "batch": 8, "dtype": "bfloat16",
-          "overrides": ["model.attention=cudnn"]}]' > /tmp/gpu_alone.json
-  timeout 90 python3 benchmarks/train_step.py --jobs /tmp/gpu_alone.json --steps 20 \
-    --warmup 3 > "$OUT/train_alone.log" 2>> "$OUT/train.err"
-  tail -3 "$OUT/train_alone.log"
+  stamp "train steps: benchmarks/gpu_rows.json, one at a time (PART=rows)"
+  ROW_LIMIT=${ROW_LIMIT:-240} bash "$0" rows "$RANKSEG_GIT_COMMIT"
 
   stamp "inference (the standard rows, float32, batch 1)"
   timeout 100 python3 benchmarks/inference.py --standard --parallel --timeout 90 \
     > "$OUT/inference.log" 2> "$OUT/inference.err"
   tail -7 "$OUT/inference.log"; tail -3 "$OUT/inference.err"
+  stamp done
+fi
+
+if [ "$PART" = rows ]; then
+  # Train-step rows one after another, each in its own process under its own limit
+  # (ROW_LIMIT s); a row that runs over it gets SIGABRT, whose Python traceback
+  # (PYTHONFAULTHANDLER) shows where it was. Rows: benchmarks/gpu_rows.json.
+  python3 -c 'import json
+for job in json.load(open("benchmarks/gpu_rows.json")):
+    print(json.dumps({"dtype": "bfloat16", "remat": False, "steps": 20, "warmup": 3,
+                      "overrides": [], **job}))' > /tmp/rows.txt
+  while IFS= read -r job; do
+    stamp "row $job"
+    PYTHONFAULTHANDLER=1 timeout -s ABRT "${ROW_LIMIT:-150}" python3 \
+      benchmarks/train_step.py --worker "$job" >> "$OUT/rows.jsonl" 2> /tmp/row.err \
+      || tail -n 30 /tmp/row.err | tee -a "$OUT/rows.err"
+    tail -n 1 "$OUT/rows.jsonl" | cut -c1-300
+  done < /tmp/rows.txt
   stamp done
 fi
 

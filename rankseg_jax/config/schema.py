@@ -88,7 +88,10 @@ def base_config() -> mlc.ConfigDict:
     m.remat_policy = "nothing_saveable"
     # Attention kernel of the Segmenter ViT blocks and head blocks: "xla" (any backend,
     # the reference numerics) or "cudnn" (cuDNN flash attention: CUDA GPUs, bfloat16 compute,
-    # head dim a multiple of 8; not the attention-dropout path, which stays in XLA).
+    # head dim a multiple of 8; not the attention-dropout path, which stays in XLA). jax's
+    # cuDNN path refuses odd sequence lengths when differentiated (seen with jax 0.11.2 on
+    # an H200: ViT-B/16 at 512² has 1 + 32² = 1025 tokens), so for training at the usual
+    # crops it is an inference option; see docs/training.md.
     m.attention = "xla"
 
     m.vit = b = mlc.ConfigDict()
