@@ -53,7 +53,7 @@ print(sys.version.split()[0], 'jax', jax.__version__, 'jaxlib', jaxlib.__version
     2>&1 | tail -15 | tee "$OUT/gpu_tests.txt"
 
   stamp "train steps: benchmarks/gpu_rows.json, one at a time (PART=rows)"
-  ROW_LIMIT=${ROW_LIMIT:-240} bash "$0" rows "$RANKSEG_GIT_COMMIT"
+  bash "$0" rows "$RANKSEG_GIT_COMMIT"
 
   stamp "inference (the standard rows, float32, batch 1)"
   timeout 100 python3 benchmarks/inference.py --standard --parallel --timeout 90 \
@@ -66,16 +66,20 @@ if [ "$PART" = rows ]; then
   # Train-step rows one after another, each in its own process under its own limit
   # (ROW_LIMIT s); a row that runs over it gets SIGABRT, whose Python traceback
   # (PYTHONFAULTHANDLER) shows where it was. Rows: benchmarks/gpu_rows.json.
+  # A row's optional "xla_flags" becomes that worker's XLA_FLAGS.
   python3 -c 'import json
 for job in json.load(open("benchmarks/gpu_rows.json")):
-    print(json.dumps({"dtype": "bfloat16", "remat": False, "steps": 20, "warmup": 3,
-                      "overrides": [], **job}))' > /tmp/rows.txt
-  while IFS= read -r job; do
-    stamp "row $job"
-    PYTHONFAULTHANDLER=1 timeout -s ABRT "${ROW_LIMIT:-150}" python3 \
-      benchmarks/train_step.py --worker "$job" >> "$OUT/rows.jsonl" 2> /tmp/row.err \
-      || tail -n 30 /tmp/row.err | tee -a "$OUT/rows.err"
-    tail -n 1 "$OUT/rows.jsonl" | cut -c1-300
+    flags = job.pop("xla_flags", "")
+    print(flags + "\t" + json.dumps({"dtype": "bfloat16", "remat": False, "steps": 20,
+                                     "warmup": 3, "overrides": [], **job}))' > /tmp/rows.txt
+  while IFS=$'\t' read -r flags job; do
+    stamp "row $job ${flags:+XLA_FLAGS=$flags}"
+    if XLA_FLAGS="$flags" PYTHONFAULTHANDLER=1 timeout -s ABRT "${ROW_LIMIT:-180}" python3 \
+        benchmarks/train_step.py --worker "$job" >> "$OUT/rows.jsonl" 2> /tmp/row.err; then
+      tail -n 1 "$OUT/rows.jsonl" | cut -c1-300
+    else
+      tail -n 30 /tmp/row.err | tee -a "$OUT/rows.err"
+    fi
   done < /tmp/rows.txt
   stamp done
 fi
