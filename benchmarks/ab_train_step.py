@@ -11,7 +11,10 @@ Variants (cumulative, named by what they add):
                threefry dropout keys (the step before this change set);
   +ynn-dot     the project's XLA:CPU flag (`rankseg_jax/runtime.py`), per compile;
   +acc         pixel accuracy from the loss's max (`train/losses.py`);
-  +rbg         `train.dropout_prng='rbg'`.
+  +rbg         `train.dropout_prng='rbg'`;
+  opt:K=V[+K2=V2]  the project's defaults (`+acc`) plus XLA compile options (DebugOptions
+               field names; enum values by name, booleans as true/false), e.g.
+               `opt:xla_cpu_enable_concurrency_optimized_scheduler=false`.
 
     python benchmarks/ab_train_step.py --preset s16 --size 256 --k 150 --kappa 50
 """
@@ -44,6 +47,19 @@ def _argmax_accuracy_losses(losses):
     return original, fn
 
 
+def _parse_options(text: str) -> dict:
+    """'k=v+k2=v2' -> {k: v, k2: v2}; true/false become booleans, integers ints."""
+    options = {}
+    for item in text.split("+"):
+        key, _, value = item.partition("=")
+        if not key or not value:
+            raise SystemExit(f"bad compile option {item!r} in variant 'opt:{text}' (want K=V)")
+        options[key] = ({"true": True, "false": False}.get(value.lower())
+                        if value.lower() in ("true", "false")
+                        else int(value) if value.lstrip("-").isdigit() else value)
+    return options
+
+
 def compile_variant(name: str, a) -> tuple:
     import jax
 
@@ -51,7 +67,8 @@ def compile_variant(name: str, a) -> tuple:
     from rankseg_jax.train import losses
     from rankseg_jax.train import step as train_step
 
-    index = VARIANTS.index(name)
+    index, extra = (2, _parse_options(name[4:])) if name.startswith("opt:") else (
+        VARIANTS.index(name), {})
     overrides = list(a.set) + (["train.dropout_prng=rbg"] if index >= 3 else [])
     c = build_config(a.preset, a.size, a.k, a.kappa, a.batch, "float32", False, overrides)
     mesh = sharding.make_mesh(c, jax.devices()[:1])
@@ -71,6 +88,7 @@ def compile_variant(name: str, a) -> tuple:
         losses.cross_entropy_and_accuracy = original
     # Per-compile DebugOptions take enum names, not the XLA_FLAGS spelling.
     options = {runtime.YNN_FLAG.lstrip("-"): "LIBRARY_FUSION_TYPE_DOT"} if index >= 1 else {}
+    options.update(extra)
     compiled = lowered.compile(compiler_options=options)
     compile_s = time.perf_counter() - t
     state, metrics = compiled(state, data, key)  # warm-up
