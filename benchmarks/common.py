@@ -84,8 +84,10 @@ def run_workers(script: str, jobs: list[dict], parallel: bool = False,
     same time, wait until every worker has compiled (or died), then take turns for their
     timed steps under an exclusive file lock, so no two time at once. Device memory is then
     allocated on demand (no preallocation), and the reported compile times include the
-    contention. timeout_s: a worker still running after that long is killed (its row
-    reports the timeout)."""
+    contention. timeout_s: serially, a worker still running after that long is killed (its
+    row reports the timeout). In parallel, a worker that has not compiled within timeout_s
+    is killed (so one slow compile cannot hold the rest), and once all have compiled the
+    timing phase gets timeout_s per remaining worker."""
     if not parallel:
         rows = []
         for job in jobs:
@@ -93,7 +95,8 @@ def run_workers(script: str, jobs: list[dict], parallel: bool = False,
                 res = subprocess.run([sys.executable, script, "--worker", json.dumps(job)],
                                      capture_output=True, text=True, timeout=timeout_s)
             except subprocess.TimeoutExpired as e:
-                res = subprocess.CompletedProcess(e.cmd, -9, "", f"killed after {timeout_s} s")
+                res = subprocess.CompletedProcess(e.cmd, -9, "",
+                                                  f"killed after {timeout_s:.0f} s")
             rows.append(_finish(job, res))
             print(json.dumps(rows[-1]), flush=True)
         return rows
@@ -107,15 +110,24 @@ def run_workers(script: str, jobs: list[dict], parallel: bool = False,
             procs.append((job, out, err, subprocess.Popen(
                 [sys.executable, script, "--worker", json.dumps(job)], stdout=out, stderr=err,
                 text=True, env=env)))
-        start, rows = time.monotonic(), [None] * len(jobs)
+        rows = [None] * len(jobs)
+        deadline, compiling = time.monotonic() + (timeout_s or float("inf")), True
         while any(r is None for r in rows):
+            ready = [os.path.exists(os.path.join(sync, f"ready.{i}")) for i in range(len(jobs))]
+            if compiling and all(ready):  # the barrier opened: budget the timing turns
+                compiling = False
+                remaining = sum(r is None for r in rows)
+                deadline = time.monotonic() + (timeout_s or float("inf")) * remaining
             for i, (job, out, err, proc) in enumerate(procs):
                 if rows[i] is not None:
                     continue
-                if timeout_s and proc.poll() is None and time.monotonic() - start > timeout_s:
+                # While compiling, only the workers that have not compiled are over time.
+                if (proc.poll() is None and time.monotonic() > deadline
+                        and not (compiling and ready[i])):
                     proc.kill()
                     proc.wait()
-                    err.write(f"\nkilled after {timeout_s:.0f} s\n")
+                    phase = "compiling" if not ready[i] else "timing"
+                    err.write(f"\nkilled after {timeout_s:.0f} s ({phase})\n")
                 if proc.poll() is None:
                     continue
                 # A dead worker counts as compiled, so that the others do not wait for it.

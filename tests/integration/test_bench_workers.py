@@ -57,6 +57,15 @@ def test_serial_and_parallel_report_a_worker_over_its_limit(worker):
         assert rows[0]["name"] == 0
 
 
+def test_a_slow_compile_is_killed_without_taking_the_others_down(worker):
+    jobs = [{"name": 0, "compile": 0.1, "time": 0.2}, {"name": 1, "compile": 30, "time": 0},
+            {"name": 2, "compile": 0.2, "time": 0.2}]
+    rows = common.run_workers(worker, jobs, parallel=True, timeout_s=3)
+    assert rows[1]["error"] == "killed after 3 s (compiling)"
+    assert "error" not in rows[0] and "error" not in rows[2], rows
+    assert rows[2]["start"] >= rows[0]["end"] - 1e-3 or rows[0]["start"] >= rows[2]["end"] - 1e-3
+
+
 def test_timing_turn_does_nothing_outside_run_workers(monkeypatch):
     monkeypatch.delenv(common.SYNC_DIR, raising=False)
     with common.timing_turn():
