@@ -22,7 +22,9 @@
 #     orbax-checkpoint==0.12.8 optax==0.2.8
 # Each stage has its own time limit, so one failing stage still leaves the others' results.
 set -u
-PART=${1:?usage: gpu_session.sh bench|study COMMIT}
+PART=${1:?usage: gpu_session.sh bench|rows|study COMMIT}
+case "$PART" in bench|rows|study) ;; *)
+  echo "gpu_session.sh: unknown part '$PART' (want bench, rows or study)" >&2; exit 2;; esac
 export RANKSEG_GIT_COMMIT=${2:-unknown}
 OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
@@ -38,6 +40,28 @@ fi
 T0=$(date +%s)
 stamp() { echo "== $(( $(date +%s) - T0 )) s: $*"; }
 
+run_rows() {
+  # Train-step rows one after another, each in its own process under its own limit
+  # (ROW_LIMIT s); a row that runs over it gets SIGABRT, whose Python traceback
+  # (PYTHONFAULTHANDLER) shows where it was. Rows: benchmarks/gpu_rows.json.
+  # A row's optional "xla_flags" becomes that worker's XLA_FLAGS.
+  python3 -c 'import json
+for job in json.load(open("benchmarks/gpu_rows.json")):
+    flags = job.pop("xla_flags", "")
+    print(json.dumps({"dtype": "bfloat16", "remat": False, "steps": 20, "warmup": 3,
+                      "overrides": [], **job}) + "\t" + flags)' > /tmp/rows.txt
+  # JSON first: read collapses a leading empty field (tab is whitespace to IFS).
+  while IFS=$'\t' read -r job flags; do
+    stamp "row $job ${flags:+XLA_FLAGS=$flags}"
+    if XLA_FLAGS="$flags" PYTHONFAULTHANDLER=1 timeout -s ABRT "${ROW_LIMIT:-180}" python3 \
+        benchmarks/train_step.py --worker "$job" >> "$OUT/rows.jsonl" 2> /tmp/row.err; then
+      tail -n 1 "$OUT/rows.jsonl" | cut -c1-300
+    else
+      tail -n 30 /tmp/row.err | tee -a "$OUT/rows.err"
+    fi
+  done < /tmp/rows.txt
+}
+
 if [ "$PART" = bench ]; then
   stamp versions
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm \
@@ -52,8 +76,8 @@ print(sys.version.split()[0], 'jax', jax.__version__, 'jaxlib', jaxlib.__version
     tests/models/test_attention_implementation.py tests/train/test_speed_paths.py \
     2>&1 | tail -15 | tee "$OUT/gpu_tests.txt"
 
-  stamp "train steps: benchmarks/gpu_rows.json, one at a time (PART=rows)"
-  bash "$0" rows "$RANKSEG_GIT_COMMIT"
+  stamp "train steps: benchmarks/gpu_rows.json, one at a time"
+  run_rows
 
   stamp "inference (the standard rows, float32, batch 1)"
   timeout 100 python3 benchmarks/inference.py --standard --parallel --timeout 90 \
@@ -63,24 +87,7 @@ print(sys.version.split()[0], 'jax', jax.__version__, 'jaxlib', jaxlib.__version
 fi
 
 if [ "$PART" = rows ]; then
-  # Train-step rows one after another, each in its own process under its own limit
-  # (ROW_LIMIT s); a row that runs over it gets SIGABRT, whose Python traceback
-  # (PYTHONFAULTHANDLER) shows where it was. Rows: benchmarks/gpu_rows.json.
-  # A row's optional "xla_flags" becomes that worker's XLA_FLAGS.
-  python3 -c 'import json
-for job in json.load(open("benchmarks/gpu_rows.json")):
-    flags = job.pop("xla_flags", "")
-    print(flags + "\t" + json.dumps({"dtype": "bfloat16", "remat": False, "steps": 20,
-                                     "warmup": 3, "overrides": [], **job}))' > /tmp/rows.txt
-  while IFS=$'\t' read -r flags job; do
-    stamp "row $job ${flags:+XLA_FLAGS=$flags}"
-    if XLA_FLAGS="$flags" PYTHONFAULTHANDLER=1 timeout -s ABRT "${ROW_LIMIT:-180}" python3 \
-        benchmarks/train_step.py --worker "$job" >> "$OUT/rows.jsonl" 2> /tmp/row.err; then
-      tail -n 1 "$OUT/rows.jsonl" | cut -c1-300
-    else
-      tail -n 30 /tmp/row.err | tee -a "$OUT/rows.err"
-    fi
-  done < /tmp/rows.txt
+  run_rows
   stamp done
 fi
 
