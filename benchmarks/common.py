@@ -74,6 +74,11 @@ SYNC_DIR, SYNC_INDEX, SYNC_COUNT = ("RANKSEG_BENCH_SYNC_DIR", "RANKSEG_BENCH_SYN
                                     "RANKSEG_BENCH_SYNC_COUNT")
 
 
+def _ready_path(sync: str, index: int) -> str:
+    """The file a parallel worker's compile (or death) is marked by."""
+    return os.path.join(sync, f"ready.{index}")
+
+
 def run_workers(script: str, jobs: list[dict], parallel: bool = False,
                 timeout_s: float | None = None) -> list[dict]:
     """Runs `script --worker JSON` once per job, each in a fresh process, and returns each
@@ -113,7 +118,7 @@ def run_workers(script: str, jobs: list[dict], parallel: bool = False,
         rows = [None] * len(jobs)
         deadline, compiling = time.monotonic() + (timeout_s or float("inf")), True
         while any(r is None for r in rows):
-            ready = [os.path.exists(os.path.join(sync, f"ready.{i}")) for i in range(len(jobs))]
+            ready = [os.path.exists(_ready_path(sync, i)) for i in range(len(jobs))]
             if compiling and all(ready):  # the barrier opened: budget the timing turns
                 compiling = False
                 remaining = sum(r is None for r in rows)
@@ -131,7 +136,7 @@ def run_workers(script: str, jobs: list[dict], parallel: bool = False,
                 if proc.poll() is None:
                     continue
                 # A dead worker counts as compiled, so that the others do not wait for it.
-                open(os.path.join(sync, f"ready.{i}"), "a").close()
+                open(_ready_path(sync, i), "a").close()
                 out.seek(0)
                 err.seek(0)
                 rows[i] = _finish(job, subprocess.CompletedProcess(
@@ -157,9 +162,9 @@ def timing_turn():
     if not sync:
         yield
         return
-    open(os.path.join(sync, f"ready.{os.environ[SYNC_INDEX]}"), "a").close()
+    open(_ready_path(sync, int(os.environ[SYNC_INDEX])), "a").close()
     count = int(os.environ[SYNC_COUNT])
-    while not all(os.path.exists(os.path.join(sync, f"ready.{i}")) for i in range(count)):
+    while not all(os.path.exists(_ready_path(sync, i)) for i in range(count)):
         time.sleep(0.2)
     with open(os.path.join(sync, "lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

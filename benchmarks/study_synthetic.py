@@ -145,12 +145,6 @@ def missing(outputs: list[Row], seed: int) -> list[Row]:
 # --------------------------------------------------------------------------- one run
 
 
-def _commit() -> str:
-    from benchmarks.common import git_commit
-
-    return git_commit()
-
-
 def _summary(ev: dict) -> dict:
     keys = ("mIoU", "mAcc", "aAcc", "img_AP", "img_recall", "img_precision", "pixel_recall")
     out = {k: float(ev[k]) for k in keys if k in ev}
@@ -175,6 +169,7 @@ def run_one(row: Row, seed: int, outputs: list[Row], workroot: str) -> None:
     import jax
 
     import rankseg_jax
+    from benchmarks.common import git_commit
     from configs import study_synthetic
     from rankseg_jax.evaluation import evaluate
     from rankseg_jax.train import loop
@@ -183,7 +178,7 @@ def run_one(row: Row, seed: int, outputs: list[Row], workroot: str) -> None:
     config = study_synthetic.get_config(row.variant(seed))
     common = {"seed": seed, "steps": int(config.train.steps), "K": row.k,
               "kappa": int(config.model.rankseg.topk) if config.model.rankseg.enabled else None,
-              "commit": _commit(), "jax": jax.__version__,
+              "commit": git_commit(), "jax": jax.__version__,
               "device": jax.devices()[0].device_kind, "cpu_count": os.cpu_count(),
               "date": datetime.date.today().isoformat()}
     start = time.perf_counter()
