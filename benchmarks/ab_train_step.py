@@ -15,14 +15,25 @@ Variants (cumulative, named by what they add):
   opt:K=V[+K2=V2]  the project's defaults (`+acc`) plus XLA compile options (DebugOptions
                field names; enum values by name, booleans as true/false), e.g.
                `opt:xla_cpu_enable_concurrency_optimized_scheduler=false`.
+  mesh:AXIS=N[+AXIS2=N2]  the project's defaults on a mesh of virtual CPU devices, e.g.
+               `mesh:data=2` (data parallel over 2 devices; the batch must divide) or
+               `mesh:tensor=2`; the script asks XLA:CPU for as many host devices as the
+               largest mesh needs (`--xla_force_host_platform_device_count`). The other
+               variants run on the first device alone.
+
+Each variant's optimised program is fingerprinted (a hash of its HLO text, printed with the
+compile time), so an option that leaves the program unchanged shows as such.
 
     python benchmarks/ab_train_step.py --preset s16 --size 256 --k 150 --kappa 50
+    python benchmarks/ab_train_step.py --batch 8 --variants +acc,mesh:data=2
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import math
 import os
 import statistics
 import sys
@@ -60,6 +71,27 @@ def _parse_options(text: str) -> dict:
     return options
 
 
+MESH_AXES = ("data", "fsdp", "tensor")
+
+
+def _parse_mesh(text: str) -> dict:
+    """'data=2+tensor=1' -> {'data': 2, 'tensor': 1} (positive integers, known axes)."""
+    sizes = {}
+    for item in text.split("+"):
+        axis, _, value = item.partition("=")
+        if axis not in MESH_AXES or not value.isdigit() or int(value) < 1:
+            raise SystemExit(f"bad mesh size {item!r} in variant 'mesh:{text}' (want AXIS=N, "
+                             f"AXIS one of {', '.join(MESH_AXES)}, N >= 1)")
+        sizes[axis] = int(value)
+    return sizes
+
+
+def devices_needed(names: list[str]) -> int:
+    """The most devices any variant's mesh needs (1 without mesh: variants)."""
+    return max([math.prod(_parse_mesh(n[5:]).values()) for n in names if n.startswith("mesh:")]
+               or [1])
+
+
 def compile_variant(name: str, a) -> tuple:
     import jax
 
@@ -67,11 +99,18 @@ def compile_variant(name: str, a) -> tuple:
     from rankseg_jax.train import losses
     from rankseg_jax.train import step as train_step
 
-    index, extra = (2, _parse_options(name[4:])) if name.startswith("opt:") else (
-        VARIANTS.index(name), {})
+    extra, mesh_sizes = {}, {}
+    if name.startswith("opt:"):
+        index, extra = 2, _parse_options(name[4:])
+    elif name.startswith("mesh:"):
+        index, mesh_sizes = 2, _parse_mesh(name[5:])
+    else:
+        index = VARIANTS.index(name)
     overrides = list(a.set) + (["train.dropout_prng=rbg"] if index >= 3 else [])
-    c = build_config(a.preset, a.size, a.k, a.kappa, a.batch, "float32", False, overrides)
-    mesh = sharding.make_mesh(c, jax.devices()[:1])
+    overrides += [f"mesh.{axis}={size}" for axis, size in mesh_sizes.items()]
+    c = build_config(a.preset, a.size, a.k, a.kappa, a.batch, "float32", False, overrides,
+                     num_devices=math.prod(mesh_sizes.values()) if mesh_sizes else 1)
+    mesh = sharding.make_mesh(c, jax.devices()[:math.prod(c.mesh[ax] for ax in MESH_AXES)])
     setup = train_step.make_setup(c, mesh)
     step_fn = train_step.make_train_step(setup)
     state = train_step.init_state(setup)
@@ -91,9 +130,10 @@ def compile_variant(name: str, a) -> tuple:
     options.update(extra)
     compiled = lowered.compile(compiler_options=options)
     compile_s = time.perf_counter() - t
+    fingerprint = hashlib.sha256(compiled.as_text().encode()).hexdigest()[:12]
     state, metrics = compiled(state, data, key)  # warm-up
     jax.block_until_ready(metrics)
-    return compiled, [state], data, key, compile_s
+    return compiled, [state], data, key, compile_s, fingerprint
 
 
 def main() -> None:
@@ -106,19 +146,28 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for every variant, e.g. model.vit.depth=2")
     a = ap.parse_args()
-    if os.environ.get("XLA_FLAGS", "").find("ynn_fusion_type") >= 0:
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "ynn_fusion_type" in flags:
         sys.exit("unset XLA_FLAGS' ynn_fusion_type: the variants set it per compile")
+    names = a.variants.split(",")
+    devices = devices_needed(names)
+    if devices > 1:
+        if "xla_force_host_platform_device_count" in flags:
+            sys.exit("unset XLA_FLAGS' xla_force_host_platform_device_count: the mesh: "
+                     "variants set it")
+        # Read once, when jax initialises its CPU backend (below, after this line).
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={devices}"
     import jax
 
-    names = a.variants.split(",")
     runs = {}
     for name in names:
         runs[name] = compile_variant(name, a)
-        print(f"compiled {name}: {runs[name][4]:.1f} s", flush=True)
-    result = {n: {"compile_s": runs[n][4], "wall": [], "cpu": []} for n in names}
+        print(f"compiled {name}: {runs[name][4]:.1f} s, program {runs[name][5]}", flush=True)
+    result = {n: {"compile_s": runs[n][4], "program": runs[n][5], "wall": [], "cpu": []}
+              for n in names}
     for _ in range(a.passes):
         for name in names:
-            compiled, holder, data, key, _ = runs[name]
+            compiled, holder, data, key, _, _ = runs[name]
             wall, cpu = [], []
             for _ in range(a.steps):
                 t, p = time.perf_counter(), time.process_time()

@@ -73,13 +73,14 @@ def apply_overrides(c, overrides: list[str]) -> None:
 
 
 def build_config(preset: str, size: int, k: int, kappa: int, batch: int, dtype: str,
-                 remat: bool, overrides: tuple[str, ...] = ()):
-    """A validated Segmenter(+RankSeg) config for one square crop size on one device;
-    `overrides`: `dotted.key=value` strings applied before validation."""
+                 remat: bool, overrides: tuple[str, ...] = (), num_devices: int = 1):
+    """A validated Segmenter(+RankSeg) config for one square crop size on one device (or on
+    `num_devices`, when `overrides` set the mesh sizes); `overrides`: `dotted.key=value`
+    strings applied before validation."""
     from rankseg_jax import config as config_lib
 
     if preset == "m2f":
-        return build_m2f_config(size, kappa, batch, dtype, remat, overrides)
+        return build_m2f_config(size, kappa, batch, dtype, remat, overrides, num_devices)
     c = config_lib.base_config()
     config_lib.apply_vit_preset(c, preset)
     c.model.num_classes, c.model.dtype, c.model.remat = k, dtype, remat
@@ -92,14 +93,14 @@ def build_config(preset: str, size: int, k: int, kappa: int, batch: int, dtype: 
     c.train.batch_size = batch
     c.mesh.data = c.mesh.fsdp = c.mesh.tensor = 1
     apply_overrides(c, list(overrides))
-    config_lib.validate(c, check_files=False, num_devices=1, process_count=1)
+    config_lib.validate(c, check_files=False, num_devices=num_devices, process_count=1)
     return c
 
 
 def build_m2f_config(size: int, kappa: int, batch: int, dtype: str, remat: bool,
-                     overrides: tuple[str, ...] = ()):
+                     overrides: tuple[str, ...] = (), num_devices: int = 1):
     """configs/demo_mask2former.py (its `:rankseg` variant when kappa > 0: kappa = K) at a
-    square crop, on one device."""
+    square crop, on one device (or `num_devices`, see `build_config`)."""
     import importlib.util
 
     from rankseg_jax import config as config_lib
@@ -115,7 +116,7 @@ def build_m2f_config(size: int, kappa: int, batch: int, dtype: str, remat: bool,
     c.train.batch_size = batch
     c.mesh.data = c.mesh.fsdp = c.mesh.tensor = 1
     apply_overrides(c, list(overrides))
-    config_lib.validate(c, check_files=False, num_devices=1, process_count=1)
+    config_lib.validate(c, check_files=False, num_devices=num_devices, process_count=1)
     return c
 
 

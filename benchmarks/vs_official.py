@@ -22,6 +22,12 @@ check that with a digest.
     python benchmarks/vs_official.py --rows 0,1,2 --passes 3 --steps 5
     python benchmarks/vs_official.py --rows 0 --batch 8
     python benchmarks/vs_official.py --append             # table -> BENCHMARKS.md
+    python benchmarks/vs_official.py --ours_python /path/to/venv312/bin/python
+                                                # our side under another jax (e.g. 0.12)
+
+`--ours_python` runs our worker under another interpreter (a venv with another jax/jaxlib and
+this package installed) while the official side stays on this one, which has torch: the
+notes then name the jax, jaxlib and Python our side ran.
 """
 
 from __future__ import annotations
@@ -142,8 +148,12 @@ def jax_worker(job: dict) -> None:
     from common import runtime_setup
 
     runtime_setup(job["xla_defaults"])  # before jax initialises its backend
+    import platform
+
+    import flax
     import jax
     import jax.numpy as jnp
+    import jaxlib
     from train_step import build_config
 
     t0 = time.perf_counter()
@@ -210,7 +220,8 @@ def jax_worker(job: dict) -> None:
         return out
 
     _serve(chan, {"digest": d["digest"], "setup_s": setup_s, "compile_s": compile_s,
-                  "warmup": warm["wall"], "jax": jax.__version__}, run)
+                  "warmup": warm["wall"], "jax": jax.__version__, "jaxlib": jaxlib.__version__,
+                  "flax": flax.__version__, "python": platform.python_version()}, run)
 
 
 # ------------------------------------------------------------------------------ parent
@@ -222,11 +233,11 @@ class WorkerError(RuntimeError):
 class Worker:
     """One worker subprocess speaking JSON lines over its stdin/stdout."""
 
-    def __init__(self, side: str, job: dict):
+    def __init__(self, side: str, job: dict, python: str = sys.executable):
         self.side = side
         self.err = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--worker", side, json.dumps(job)],
+            [python, os.path.abspath(__file__), "--worker", side, json.dumps(job)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err, text=True,
             bufsize=1)
 
@@ -299,7 +310,8 @@ def measure_row(index: int, row: tuple, a) -> dict:
     workers = {}
     try:
         for side in ("official", "ours"):  # sequential set-up: no contention while compiling
-            workers[side] = Worker("torch" if side == "official" else "jax", job)
+            workers[side] = (Worker("torch", job) if side == "official"
+                             else Worker("jax", job, a.ours_python))
             result[f"{side}_ready"] = workers[side].reply()
         digests = {result[f"{s}_ready"]["digest"] for s in workers}
         if len(digests) != 1:
@@ -363,6 +375,12 @@ def _notes(results: list[dict], a) -> str:
     busy = [r[k] for r in ok for k in ("busy_cores_before", "busy_cores_after")
             if r.get(k) is not None]
     load = f"{min(busy):.1f}-{max(busy):.1f}" if busy else "?"
+    ours_env = ""
+    if ok and a.ours_python != sys.executable:
+        r = ok[0]["ours_ready"]
+        ours_env = (f" Our side ran under `{a.ours_python}`: Python {r['python']}, jax "
+                    f"{r['jax']}, jaxlib {r['jaxlib']}, flax {r['flax']} (the header's "
+                    "versions are the official side's interpreter).")
     return (
         "The official side is `benchmarks/official_torch.py`, a plain-PyTorch stand-in of the "
         "official Segmenter(+RankSeg) step validated against outputs of the official code "
@@ -370,7 +388,7 @@ def _notes(results: list[dict], a) -> str:
         f"(mmseg 0.17 / mmcv 1.4 are not installed here); {torch_info}. Ours: the jitted "
         "train step of `benchmarks/train_step.py` / the inference of `benchmarks/inference.py`"
         " with the project's XLA:CPU flags"
-        f"{' left out (--xla_defaults)' if a.xla_defaults else ''}. Interleaved: "
+        f"{' left out (--xla_defaults)' if a.xla_defaults else ''}.{ours_env} Interleaved: "
         f"{a.passes} passes x {a.steps} steps per side after {a.warmup} warm-up steps, "
         "official then ours in each pass, never concurrently; medians over all timed steps. "
         "official/ours > 1 means ours is faster. Inference rows: ours = the full-K path "
@@ -394,6 +412,9 @@ def main() -> None:
                     help="inference rows: skip our memory-light column")
     ap.add_argument("--xla_defaults", action="store_true",
                     help="do not add the project's XLA:CPU flags (rankseg_jax/runtime.py)")
+    ap.add_argument("--ours_python", default=sys.executable, metavar="PYTHON",
+                    help="interpreter for our side (a venv with another jax and this package"
+                         " installed); the official side keeps this one")
     ap.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -401,6 +422,8 @@ def main() -> None:
         side, job = a.worker
         (torch_worker if side == "torch" else jax_worker)(json.loads(job))
         return
+    if not (os.path.isfile(a.ours_python) and os.access(a.ours_python, os.X_OK)):
+        ap.error(f"--ours_python {a.ours_python!r} is not an executable file")
     indices = range(len(ROWS)) if a.rows == "all" else [int(i) for i in a.rows.split(",")]
     results = []
     for i in indices:

@@ -1,0 +1,37 @@
+"""The benchmarks' option parsing: ab_train_step's `mesh:` variants and vs_official's
+`--ours_python` fail with a message naming the bad part, before anything is compiled."""
+
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+if str(ROOT / "benchmarks") not in sys.path:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+ab = pytest.importorskip("ab_train_step")
+
+
+def test_mesh_variants_ask_for_the_largest_mesh():
+    assert ab.devices_needed(["+acc", "opt:xla_cpu_use_onednn=true"]) == 1
+    assert ab.devices_needed(["+acc", "mesh:data=2", "mesh:data=2+tensor=2"]) == 4
+    assert ab._parse_mesh("data=2+tensor=1") == {"data": 2, "tensor": 1}
+
+
+@pytest.mark.parametrize("text,bad", [("pipeline=2", "pipeline=2"), ("data=0", "data=0"),
+                                      ("data=two", "data=two"), ("data=2+tensor", "tensor")])
+def test_a_bad_mesh_variant_names_its_part(text, bad):
+    message = f"bad mesh size '{bad}' in variant 'mesh:{text}'"
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        ab._parse_mesh(text)
+
+
+def test_vs_official_refuses_an_ours_python_that_is_not_executable(tmp_path):
+    missing = tmp_path / "no_such_python"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "vs_official.py"),
+                           "--ours_python", str(missing)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert f"--ours_python '{missing}' is not an executable file" in proc.stderr
