@@ -21,8 +21,10 @@ Variants (cumulative, named by what they add):
                largest mesh needs (`--xla_force_host_platform_device_count`). The other
                variants run on the first device alone.
 
-Each variant's optimised program is fingerprinted (a hash of its HLO text, printed with the
-compile time), so an option that leaves the program unchanged shows as such.
+Each variant's optimised HLO is fingerprinted (a hash of its text, printed with the compile
+time), so an option that leaves the HLO unchanged shows as such. Options that act below HLO
+(LLVM code generation, e.g. `xla_cpu_ftz`) can change the machine code under the same
+fingerprint.
 
     python benchmarks/ab_train_step.py --preset s16 --size 256 --k 150 --kappa 50
     python benchmarks/ab_train_step.py --batch 8 --variants +acc,mesh:data=2
