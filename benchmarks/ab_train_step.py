@@ -73,17 +73,16 @@ def _parse_options(text: str) -> dict:
     return options
 
 
-MESH_AXES = ("data", "fsdp", "tensor")
-
-
 def _parse_mesh(text: str) -> dict:
-    """'data=2+tensor=1' -> {'data': 2, 'tensor': 1} (positive integers, known axes)."""
+    """'data=2+tensor=1' -> {'data': 2, 'tensor': 1} (positive integers, the mesh's axes)."""
+    from rankseg_jax.sharding import AXES  # imports jax, but starts no backend
+
     sizes = {}
     for item in text.split("+"):
         axis, _, value = item.partition("=")
-        if axis not in MESH_AXES or not value.isdigit() or int(value) < 1:
+        if axis not in AXES or not value.isdigit() or int(value) < 1:
             raise SystemExit(f"bad mesh size {item!r} in variant 'mesh:{text}' (want AXIS=N, "
-                             f"AXIS one of {', '.join(MESH_AXES)}, N >= 1)")
+                             f"AXIS one of {', '.join(AXES)}, N >= 1)")
         sizes[axis] = int(value)
     return sizes
 
@@ -110,9 +109,10 @@ def compile_variant(name: str, a) -> tuple:
         index = VARIANTS.index(name)
     overrides = list(a.set) + (["train.dropout_prng=rbg"] if index >= 3 else [])
     overrides += [f"mesh.{axis}={size}" for axis, size in mesh_sizes.items()]
+    num_devices = math.prod(mesh_sizes.values())  # 1 without a mesh: variant
     c = build_config(a.preset, a.size, a.k, a.kappa, a.batch, "float32", False, overrides,
-                     num_devices=math.prod(mesh_sizes.values()) if mesh_sizes else 1)
-    mesh = sharding.make_mesh(c, jax.devices()[:math.prod(c.mesh[ax] for ax in MESH_AXES)])
+                     num_devices=num_devices)
+    mesh = sharding.make_mesh(c, jax.devices()[:num_devices])
     setup = train_step.make_setup(c, mesh)
     step_fn = train_step.make_train_step(setup)
     state = train_step.init_state(setup)

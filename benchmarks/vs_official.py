@@ -145,15 +145,11 @@ def jax_worker(job: dict) -> None:
     """Our side: the trainer's jitted train step (donated state), or the jitted whole-image
     inference ('full' = the official order of operations; 'light' = our engine)."""
     chan = _channel()
-    from common import runtime_setup
+    from common import environment, runtime_setup
 
     runtime_setup(job["xla_defaults"])  # before jax initialises its backend
-    import platform
-
-    import flax
     import jax
     import jax.numpy as jnp
-    import jaxlib
     from train_step import build_config
 
     t0 = time.perf_counter()
@@ -219,9 +215,10 @@ def jax_worker(job: dict) -> None:
             out.update(light_wall=lt["wall"], light_cpu=lt["cpu"])
         return out
 
+    env = environment()  # this interpreter's versions (see --ours_python)
     _serve(chan, {"digest": d["digest"], "setup_s": setup_s, "compile_s": compile_s,
-                  "warmup": warm["wall"], "jax": jax.__version__, "jaxlib": jaxlib.__version__,
-                  "flax": flax.__version__, "python": platform.python_version()}, run)
+                  "warmup": warm["wall"],
+                  **{k: env[k] for k in ("python", "jax", "jaxlib", "flax")}}, run)
 
 
 # ------------------------------------------------------------------------------ parent
