@@ -12,6 +12,12 @@ can be; fusions emitted by XLA are not).
 
 Also writes the optimised HLO (`--hlo`) so a category can be traced to its fused
 computation and `op_name` metadata.
+
+`--official` profiles the official step instead (`official_torch.py`, the PyTorch stand-in
+that `vs_official.py` times; torch at 2 threads) with `torch.profiler`: per aten op, its
+self time per step on the calling thread and its calls per step. Both tables end with the
+same split: matrix products (XLA: the library matmuls `ynn_fusion` and `dot`; torch: `mm`,
+`addmm`, `bmm`, convolution) against everything else.
 """
 
 from __future__ import annotations
@@ -68,6 +74,52 @@ def trace_steps(a, trace_dir: str) -> tuple[float, str]:
         jax.block_until_ready(metrics)
     jax.profiler.stop_trace()
     return statistics.median(walls), compiled.as_text()
+
+
+# Matrix products: XLA thunk categories / aten ops (the rest is elementwise, reductions,
+# copies and bookkeeping).
+XLA_MATMULS = ("ynn_fusion", "dot")
+TORCH_MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm",
+                 "aten::mkldnn_convolution", "aten::convolution_backward")
+
+
+def profile_official(a) -> dict:
+    """The official step (the stand-in of `official_torch.py`) at batch 1 under
+    torch.profiler: {'step_ms' (median untraced), 'ops': [{'op', 'self_ms', 'calls'}] per
+    step, sorted by self time}."""
+    import official_torch
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    kind = "rankseg" if a.kappa else "baseline"
+    model = official_torch.build_preset(a.preset, kind, a.size, a.k, a.kappa or 50)
+    optimizer = official_torch.make_optimizer(model)
+    image = torch.randn(1, 3, a.size, a.size)
+    label = torch.randint(0, a.k, (1, a.size, a.size))
+    run = lambda i: official_torch.train_step(model, optimizer, image, label, i, 10**6)  # noqa: E731
+    for i in range(2):
+        run(i)
+    walls = []
+    for i in range(a.steps):
+        t = time.perf_counter()
+        run(i)
+        walls.append(time.perf_counter() - t)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for i in range(a.traced):
+            run(i)
+    ops = [{"op": e.key, "self_ms": e.self_cpu_time_total / a.traced / 1e3,
+            "calls": e.count // a.traced} for e in prof.key_averages()]
+    ops.sort(key=lambda r: -r["self_ms"])
+    return {"step_ms": statistics.median(walls) * 1e3, "ops": ops}
+
+
+def matmul_split(rows, name_key: str, ms_key: str, matmuls) -> str:
+    """'matrix products X ms, the rest Y ms' over a table's rows."""
+    mm = sum(r[ms_key] for r in rows if r[name_key] in matmuls)
+    rest = sum(r[ms_key] for r in rows if r[name_key] not in matmuls)
+    return f"matrix products {mm:.1f} ms/step, the rest {rest:.1f} ms/step"
 
 
 def category(name: str) -> str:
@@ -127,7 +179,20 @@ def main() -> None:
     ap.add_argument("--json", help="write the analysis here")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--xla_defaults", action="store_true")
+    ap.add_argument("--official", action="store_true",
+                    help="profile the official step (PyTorch stand-in) instead of ours")
     a = ap.parse_args()
+    if a.official:
+        result = profile_official(a)
+        print(f"official step: {result['step_ms']:.1f} ms untraced (torch, 2 threads)")
+        print("| aten op | self ms | calls |\n|---|---|---|")
+        for row in result["ops"][:a.top]:
+            print(f"| {row['op']} | {row['self_ms']:.1f} | {row['calls']} |")
+        print(matmul_split(result["ops"], "op", "self_ms", TORCH_MATMULS))
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(dict(result, config=vars(a)), f, indent=1)
+        return
     runtime_setup(a.xla_defaults)
     with tempfile.TemporaryDirectory() as trace_dir:
         step_s, hlo = trace_steps(a, trace_dir)
@@ -142,6 +207,8 @@ def main() -> None:
     for row in result["categories"][:a.top]:
         print(f"| {row['category']} | {row['busy_ms']:.1f} | {row['wall_share_ms']:.1f} | "
               f"{row['alone_ms']:.1f} | {row['thunks']} |")
+    print(matmul_split(result["categories"], "category", "wall_share_ms", XLA_MATMULS),
+          "(wall shares)")
     print("concurrency (thunks running -> ms/step):",
           {k: round(v, 1) for k, v in result["concurrency_ms"].items()})
     if a.json:

@@ -51,3 +51,14 @@ def test_categories_wall_share_alone_time_and_concurrency(tmp_path):
     assert rows["fusion"]["wall_share_ms"] == pytest.approx(0.03)  # 20 / 2 + 20
     assert rows["fusion"]["alone_ms"] == pytest.approx(0.02)
     assert out["concurrency_ms"] == pytest.approx({0: 0.02, 1: 0.06, 2: 0.02})
+
+
+def test_matmul_split_separates_matrix_products_from_the_rest():
+    rows = [{"op": "aten::mm", "ms": 3.0}, {"op": "aten::addmm", "ms": 1.5},
+            {"op": "aten::gelu", "ms": 0.5}, {"op": "aten::copy_", "ms": 0.25}]
+    text = profile_step.matmul_split(rows, "op", "ms", profile_step.TORCH_MATMULS)
+    assert text == "matrix products 4.5 ms/step, the rest 0.8 ms/step"
+    xla = [{"category": "ynn_fusion", "w": 2.0}, {"category": "dot", "w": 1.0},
+           {"category": "copy_bitcast_fusion", "w": 4.0}]
+    assert profile_step.matmul_split(xla, "category", "w", profile_step.XLA_MATMULS) == (
+        "matrix products 3.0 ms/step, the rest 4.0 ms/step")
