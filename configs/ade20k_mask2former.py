@@ -9,6 +9,8 @@ Official configs (RankSeg repo, `mask2former/configs/ade20k/semantic-segmentatio
                                                classifier, ML head on decoder layer 2)
     configs/ade20k_mask2former.py:gt           the -gt oracle (GT classes at inference)
     configs/ade20k_mask2former.py:swin_b       Swin-B backbone (IN-22k 384, window 12)
+    configs/ade20k_mask2former.py:rankseg,tta  evaluated with the official multi-scale + flip
+                                               test (the model zoo's "ms+flip" mIoU)
     configs/ade20k_mask2former.py:rankseg,smoke  the same code, tiny, on synthetic data
 
 Training (`python main.py --config=configs/ade20k_mask2former.py:rankseg --workdir=...`) follows

@@ -331,6 +331,13 @@ def base_config() -> mlc.ConfigDict:
     e.stride = (512, 512)  # slide window stride
     e.scales = (1.0,)  # multi-scale ratios, e.g. (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
     e.flip = False  # also average the horizontally flipped prediction
+    # Mask2Former's multi-scale test-time augmentation (detectron2 TEST.AUG): each view
+    # re-resizes the test image (already at its short side min(data.test_scale)) to one of
+    # these short sides, long side at most `aug_max_size`, unflipped and (with test.flip)
+    # flipped; the views' `sem_seg` maps are averaged. () = off (the single view).
+    # Semantic only, as officially. Segmenter uses test.scales instead.
+    e.aug_min_sizes = ()
+    e.aug_max_size = 4480  # TEST.AUG.MAX_SIZE
     e.max_images = 0  # evaluate on the first N images only (0 = all)
     # Memory-light inference (docs/evaluation.md): logits only for the union of the classes the
     # windows chose, argmax over `class_chunk` classes at a time at full resolution. False =

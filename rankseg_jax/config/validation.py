@@ -70,6 +70,15 @@ def validate_model(config: mlc.ConfigDict) -> None:
                           f"{config.test.size_bucket} must be >= 1")
     if not config.test.scales or any(r <= 0 for r in config.test.scales):
         raise ConfigError(f"test.scales={tuple(config.test.scales)} must be non-empty and > 0")
+    aug = tuple(config.test.aug_min_sizes)
+    if any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in aug):
+        raise ConfigError(f"test.aug_min_sizes={aug} must be positive integers (short sides)")
+    if not isinstance(config.test.aug_max_size, int) or config.test.aug_max_size < 1:
+        raise ConfigError(f"test.aug_max_size={config.test.aug_max_size!r} must be a positive "
+                          "integer")
+    if aug and config.model.arch != "mask2former":
+        raise ConfigError(f"test.aug_min_sizes={aug} is Mask2Former's test-time augmentation; "
+                          f"model.arch={config.model.arch!r} uses test.scales and test.flip")
 
 
 def _validate_vit(config: mlc.ConfigDict) -> None:
@@ -161,13 +170,22 @@ def _validate_mask2former(config: mlc.ConfigDict) -> None:
     if not (mf.semantic_on or mf.panoptic_on):
         raise ConfigError("model.mask2former.semantic_on and panoptic_on are both False: "
                           "inference would produce nothing")
-    # Mask2Former's test-time inference is the official one: whole image, one scale, no flip.
+    # Mask2Former's test-time inference is the official one: whole image, one scale, no flip,
+    # unless the official multi-scale(+flip) TTA is asked for with test.aug_min_sizes.
     t = config.test
-    if t.mode != "whole" or tuple(t.scales) != (1.0,) or t.flip:
-        raise ConfigError(f"test.mode={t.mode!r}, test.scales={tuple(t.scales)}, test.flip="
-                          f"{t.flip}: model.arch='mask2former' infers whole images at one "
-                          "scale without flip (set test.mode='whole', scales=(1.0,), "
-                          "flip=False)")
+    if t.mode != "whole" or tuple(t.scales) != (1.0,):
+        raise ConfigError(f"test.mode={t.mode!r}, test.scales={tuple(t.scales)}: "
+                          "model.arch='mask2former' infers whole images (set "
+                          "test.mode='whole', scales=(1.0,); its multi-scale test is "
+                          "test.aug_min_sizes)")
+    if t.flip and not t.aug_min_sizes:
+        raise ConfigError("test.flip=True: Mask2Former flips only inside its multi-scale "
+                          "test-time augmentation; set test.aug_min_sizes too (official: "
+                          "(320, 480, 640, 800, 960, 1120)) or test.flip=False")
+    if t.aug_min_sizes and mf.panoptic_on:
+        raise ConfigError("test.aug_min_sizes (test-time augmentation) is semantic only, as "
+                          "in the official code (SemanticSegmentorWithTTA); set "
+                          "model.mask2former.panoptic_on=False")
     if not r.enabled:
         return
     num_layers = mf.dec_layers - 1

@@ -14,8 +14,8 @@ A variant string is a comma-separated list of flags and key=value pairs, e.g.
 
 The Mask2Former configs (`configs/ade20k_mask2former.py`, `configs/ade20k_panoptic.py`) take
 their own flags (MASK2FORMER_VARIANT_DEFAULTS): `rankseg` (the official -rankseg configs),
-`gt` (the -gt oracle), `swin_b` (Swin-B backbone), `smoke`, and `topk`, `img_weight`,
-`temperature` as above.
+`gt` (the -gt oracle), `swin_b` (Swin-B backbone), `tta` (the official multi-scale + flip
+test, semantic only), `smoke`, and `topk`, `img_weight`, `temperature` as above.
 
 Each flag maps to config values here, in one place; dataset files set the dataset facts.
 """
@@ -35,7 +35,12 @@ VARIANT_DEFAULTS = dict(
 # The flags of the Mask2Former configs (the Segmenter-only flags are unknown there).
 MASK2FORMER_VARIANT_DEFAULTS = dict(
     rankseg=False, gt=False, swin_b=False, smoke=False, topk=0, img_weight=-1.0,
-    temperature="")
+    temperature="", tta=False)
+
+# detectron2 TEST.AUG of the Mask2Former ADE20K semantic configs (disabled there; the model
+# zoo's "mIoU (ms+flip)" column): short sides, long-side cap, flip.
+MASK2FORMER_TTA = dict(aug_min_sizes=(320, 480, 640, 800, 960, 1120), aug_max_size=4480,
+                       flip=True)
 
 # Paper Table 1: MT = multi-task (image-level loss), LS = label selection (top-kappa),
 # RA = rank-adaptive temperature. Rows without LS keep all K classes (kappa = K); rows
@@ -224,7 +229,10 @@ def smoke(c: mlc.ConfigDict) -> None:
     d.synthetic.image_size = (80, 96)
     c.test.crop_size = c.test.stride = (64, 64)
     c.test.scales = (1.0,)
-    c.test.flip = False
+    # Mask2Former's TTA (`tta`) shrinks with the test scale (640 -> 64); its flip stays.
+    c.test.flip = bool(c.test.aug_min_sizes) and c.test.flip
+    c.test.aug_min_sizes = tuple(max(8, v // 10) for v in c.test.aug_min_sizes)
+    c.test.aug_max_size = max(64, c.test.aug_max_size // 10)
     c.test.max_images = 2
     t = c.train
     t.steps, t.batch_size, t.grad_accum = 4, 2, 1
@@ -323,6 +331,8 @@ def finish_mask2former(c: mlc.ConfigDict, args: mlc.ConfigDict) -> mlc.ConfigDic
         c.loss.img_weight = args.img_weight
     if args.temperature:
         c.model.rankseg.temperature = args.temperature
+    if args.tta:
+        c.test.update(MASK2FORMER_TTA)
     if args.smoke:
         smoke(c)
     c.lock()

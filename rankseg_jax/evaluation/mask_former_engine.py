@@ -23,6 +23,17 @@ same `test.size_bucket` bucket. The zero rows/columns add exact zeros to the sam
 result equals `mask_former.postprocess_masks` up to float32 summation order (tested), the
 bucket padding is cropped off, and the panoptic areas count only pixels of the image.
 
+Test-time augmentation (`test.aug_min_sizes`, the official `SemanticSegmentorWithTTA`,
+`mask2former/test_time_augmentation.py:72-103`, with detectron2's `DatasetMapperTTA`,
+`detectron2/modeling/test_time_augmentation.py:58-98`): the uint8 test image at its usual
+size (short side MIN_SIZE_TEST) is resized again, with Pillow as above, to each short side of
+`test.aug_min_sizes` (long side at most `test.aug_max_size`), then also flipped horizontally
+when `test.flip`, in the order (size 1), (size 1, flipped), (size 2), ...; each view goes
+through the usual model and mask resize chain to `sem_seg` [K, H0, W0] at the original size,
+flipped views are flipped back, and the maps are summed in view order in float32 and divided
+by the number of views before the argmax. Semantic only, like the official wrapper (it
+returns `sem_seg` and nothing else), so no panoptic result and no ranking metrics.
+
 Ground truth enters the forward only for the `-gt` oracle (`model.mask2former.gt_oracle`,
 `gt_present` [K] required there); plain and RankSeg predictions never see it.
 """
@@ -39,7 +50,13 @@ from flax import nnx
 
 from rankseg_jax import resize
 from rankseg_jax.evaluation import mask_former
-from rankseg_jax.evaluation.mask_former_inputs import PreparedImage, prepare_test_image
+from rankseg_jax.evaluation.mask_former_inputs import (
+    PreparedImage,
+    normalize_and_pad,
+    prepare_test_image,
+    resize_image,
+    shortest_edge_size,
+)
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -67,6 +84,24 @@ def resize_chain(n_mask: int, n_padded: int, n_image: int, n_out: int,
     return first, second
 
 
+def _resized_masks(mask_logits, a_h, a_w, b_h, b_w) -> jax.Array:
+    """mask logits [Q, h, w] -> sigmoid masks float32 [Q, Hb, Wb] through the official resize
+    chain (`resize_chain` matrices; the order of `resize.apply_separable`: rows first, then
+    columns, per stage)."""
+    x = jnp.einsum("Hh,qhw->qHw", a_h, mask_logits.astype(jnp.float32), precision=_HIGHEST)
+    x = jnp.einsum("Ww,qhw->qhW", a_w, x, precision=_HIGHEST)
+    x = jnp.einsum("Hh,qhw->qHw", b_h, x, precision=_HIGHEST)
+    x = jnp.einsum("Ww,qhw->qhW", b_w, x, precision=_HIGHEST)
+    return jax.nn.sigmoid(x)
+
+
+def _semantic_maps(mask_cls, mask_logits, a_h, a_w, b_h, b_w) -> jax.Array:
+    """`sem_seg` float32 [K, Hb, Wb] (bucket-sized) of one image: the resize chain, sigmoid,
+    then the semantic einsum."""
+    return mask_former.semantic_from_masks(
+        mask_cls, _resized_masks(mask_logits, a_h, a_w, b_h, b_w))
+
+
 def _postprocess(mask_cls, mask_logits, a_h, a_w, b_h, b_w, out_hw, threshold, *,
                  semantic: bool, panoptic: bool) -> dict:
     """Resize chain + sigmoid + semantic argmax and/or panoptic maps on bucket-sized maps.
@@ -75,12 +110,7 @@ def _postprocess(mask_cls, mask_logits, a_h, a_w, b_h, b_w, out_hw, threshold, *
     [2] = (H0, W0) (traced: pixels outside are bucket padding). Returns {'sem' int32 [Hb, Wb]
     (semantic)} and the `panoptic_from_masks` maps (panoptic).
     """
-    # The order of `resize.apply_separable`: rows first, then columns, per stage.
-    x = jnp.einsum("Hh,qhw->qHw", a_h, mask_logits.astype(jnp.float32), precision=_HIGHEST)
-    x = jnp.einsum("Ww,qhw->qhW", a_w, x, precision=_HIGHEST)
-    x = jnp.einsum("Hh,qhw->qHw", b_h, x, precision=_HIGHEST)
-    x = jnp.einsum("Ww,qhw->qhW", b_w, x, precision=_HIGHEST)
-    masks = jax.nn.sigmoid(x)
+    masks = _resized_masks(mask_logits, a_h, a_w, b_h, b_w)
     out = {}
     if semantic:
         # torch argmax: the first maximal class.
@@ -132,6 +162,13 @@ class MaskFormerInferencer:
         self.min_size, self.max_size = min(d.test_scale), max(d.test_scale)
         self.mean, self.std = tuple(d.mean), tuple(d.std)
         self.size_bucket = int(config.test.size_bucket)
+        self.aug_min_sizes = tuple(int(v) for v in config.test.aug_min_sizes)
+        self.aug_max_size = int(config.test.aug_max_size)
+        self.aug_flip = bool(config.test.flip)
+        self.tta = bool(self.aug_min_sizes)
+        if self.tta and self.panoptic_on:
+            raise ValueError("test-time augmentation (test.aug_min_sizes) is semantic only; "
+                             "set model.mask2former.panoptic_on=False")
         self.thing_ids = tuple(int(t) for t in thing_ids)
         self.num_classes = int(config.model.num_classes)
         graphdef, self._state = nnx.split(model)
@@ -146,6 +183,7 @@ class MaskFormerInferencer:
         self._fwd = jax.jit(fwd, compiler_options=compiler_options)
         self._post = jax.jit(functools.partial(_postprocess, semantic=self.semantic_on,
                                                panoptic=self.panoptic_on))
+        self._semantic_maps = jax.jit(_semantic_maps)
 
     def prepare(self, image_u8: np.ndarray) -> PreparedImage:
         """The official test-time sizing of a uint8 [H0, W0, 3] RGB image."""
@@ -153,25 +191,81 @@ class MaskFormerInferencer:
                                   mean=self.mean, std=self.std,
                                   size_divisibility=self.size_divisibility)
 
+    def tta_views(self, image_u8: np.ndarray) -> list[tuple[PreparedImage, bool]]:
+        """The test-time augmentation views of a uint8 [H0, W0, 3] RGB image, in the official
+        order: (prepared view, flipped) for each short side of `test.aug_min_sizes`, unflipped
+        then (with `test.flip`) flipped. Each view re-resizes the image as the plain test path
+        sizes it (module doc); its output size stays (H0, W0)."""
+        h0, w0 = image_u8.shape[:2]
+        base = resize_image(image_u8, shortest_edge_size(h0, w0, self.min_size,
+                                                         self.max_size))
+        views = []
+        for short in self.aug_min_sizes:
+            size = shortest_edge_size(*base.shape[:2], short, self.aug_max_size)
+            resized = resize_image(base, size)
+            for flipped in (False, True) if self.aug_flip else (False,):
+                view = resized[:, ::-1] if flipped else resized
+                padded, padded_size = normalize_and_pad(view, self.mean, self.std,
+                                                        self.size_divisibility)
+                views.append((PreparedImage(padded, size, padded_size, (h0, w0)), flipped))
+        return views
+
     def predict(self, image_u8: np.ndarray, gt_present=None) -> MaskFormerPrediction:
         """Predicts one uint8 [H0, W0, 3] RGB image; gt_present: [K] 0/1, the `-gt` oracle's
-        ground-truth classes (required there, ignored otherwise)."""
+        ground-truth classes (required there, ignored otherwise). With `test.aug_min_sizes`
+        this is `predict_tta`."""
+        if self.tta:
+            return self.predict_tta(image_u8, gt_present)
         return self.predict_prepared(self.prepare(image_u8), gt_present)
 
-    def predict_prepared(self, prep: PreparedImage, gt_present=None) -> MaskFormerPrediction:
-        """Predicts an already prepared image (see `prepare`)."""
+    def semantic_maps(self, prep: PreparedImage, gt_present=None) -> np.ndarray:
+        """`sem_seg` float32 [K, H0, W0] of one prepared image (the semantic map before the
+        argmax, at the original size)."""
+        mask_cls, mask_logits, _, _ = self._forward(prep, gt_present)
+        (oh, ow) = prep.output_size
+        maps = self._semantic_maps(mask_cls, mask_logits, *self._chain(prep, mask_logits))
+        return np.asarray(jax.device_get(maps))[:, :oh, :ow]
+
+    def predict_tta(self, image_u8: np.ndarray, gt_present=None) -> MaskFormerPrediction:
+        """The official multi-scale(+flip) semantic prediction (module doc): `sem` only."""
+        total = None
+        views = self.tta_views(image_u8)
+        for prep, flipped in views:
+            maps = self.semantic_maps(prep, gt_present)
+            if flipped:
+                maps = maps[:, :, ::-1]
+            # In view order, float32, as `final_predictions += ...` does officially.
+            total = maps.copy() if total is None else np.add(total, maps, out=total)
+        total /= np.float32(len(views))
+        # torch argmax: the first maximal class.
+        return MaskFormerPrediction(sem=np.argmax(total, axis=0).astype(np.int32),
+                                    panoptic=None, segments_info=None, image_logits=None,
+                                    topk=None)
+
+    def _forward(self, prep: PreparedImage, gt_present):
+        """The jitted forward of one prepared image: (class logits [Q, K+1], mask logits
+        [Q, h, w], topk [kappa] or None, image logits [K] or None)."""
         gt = None
         if self.gt_oracle:
             if gt_present is None:
                 raise ValueError("the -gt oracle (model.mask2former.gt_oracle) needs the "
                                  "image's ground-truth classes")
             gt = jnp.asarray(np.asarray(gt_present, np.float32).reshape(1, self.num_classes))
-        mask_cls, mask_logits, topk, image_logits = self._fwd(
-            self._state, jnp.asarray(prep.image)[None], gt)
+        return self._fwd(self._state, jnp.asarray(prep.image)[None], gt)
+
+    def _chain(self, prep: PreparedImage, mask_logits) -> tuple:
+        """The `resize_chain` matrices (a_h, a_w, b_h, b_w) of one prepared image."""
         (ih, iw), (ph, pw), (oh, ow) = prep.image_size, prep.padded_size, prep.output_size
         h, w = mask_logits.shape[1:]
         a_h, b_h = resize_chain(h, ph, ih, oh, bucket(oh, self.size_bucket))
         a_w, b_w = resize_chain(w, pw, iw, ow, bucket(ow, self.size_bucket))
+        return a_h, a_w, b_h, b_w
+
+    def predict_prepared(self, prep: PreparedImage, gt_present=None) -> MaskFormerPrediction:
+        """Predicts an already prepared image (see `prepare`), single view."""
+        mask_cls, mask_logits, topk, image_logits = self._forward(prep, gt_present)
+        (oh, ow) = prep.output_size
+        a_h, a_w, b_h, b_w = self._chain(prep, mask_logits)
         maps = jax.device_get(self._post(mask_cls, mask_logits, a_h, a_w, b_h, b_w,
                                          np.array([oh, ow], np.int32),
                                          np.float32(self.object_mask_threshold)))

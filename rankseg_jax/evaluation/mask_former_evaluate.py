@@ -296,7 +296,9 @@ def evaluate(config, model, workdir=None, *, step=None, split="val", source=None
     if engine.panoptic_on and not totals.panoptic_images and p == 0:
         log.warning("model.mask2former.panoptic_on, but dataset %r has no panoptic "
                     "annotations: PQ is not computed", info.name)
-    out = results(totals, semantic=engine.semantic_on, rankseg=engine.is_rankseg)
+    # Under test-time augmentation only `sem_seg` is predicted (as officially): no ranking.
+    out = results(totals, semantic=engine.semantic_on,
+                  rankseg=engine.is_rankseg and not engine.tta)
     out.update(seconds=seconds, images_per_s=local.images / max(seconds, 1e-9))
     if p == 0:
         _report(config, out, workdir, step, split)
@@ -327,6 +329,8 @@ def _report(config, out: dict, workdir, step, split) -> None:
              "test": {"min_size": min(config.data.test_scale),
                       "max_size": max(config.data.test_scale),
                       "size_divisibility": mf.size_divisibility,
+                      "aug_min_sizes": list(config.test.aug_min_sizes),
+                      "aug_max_size": config.test.aug_max_size, "flip": bool(config.test.flip),
                       "semantic_on": bool(mf.semantic_on), "panoptic_on": bool(mf.panoptic_on),
                       "object_mask_threshold": mf.object_mask_threshold,
                       "overlap_threshold": mf.overlap_threshold},
