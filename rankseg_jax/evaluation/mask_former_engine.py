@@ -196,6 +196,9 @@ class MaskFormerInferencer:
         order: (prepared view, flipped) for each short side of `test.aug_min_sizes`, unflipped
         then (with `test.flip`) flipped. Each view re-resizes the image as the plain test path
         sizes it (module doc); its output size stays (H0, W0)."""
+        if image_u8.dtype != np.uint8 or image_u8.ndim != 3 or image_u8.shape[2] != 3:
+            raise ValueError(f"expected a uint8 [H, W, 3] image, got {image_u8.dtype} "
+                             f"{image_u8.shape}")
         h0, w0 = image_u8.shape[:2]
         base = resize_image(image_u8, shortest_edge_size(h0, w0, self.min_size,
                                                          self.max_size))

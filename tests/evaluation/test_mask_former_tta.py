@@ -87,6 +87,8 @@ def test_views_follow_detectron2_dataset_mapper_tta():
             assert not prep.image[hw[0]:].any() and not prep.image[:, hw[1]:].any()
     # 80 -> 80 x 112.5 -> 113 (half up) under the cap of 120.
     assert [v[0].image_size for v in views[::2]] == [(32, 45), (48, 68), (80, 113)]
+    with pytest.raises(ValueError, match=r"uint8 \[H, W, 3\] image, got float32"):
+        eng.tta_views(image.astype(np.float32))
 
 
 def test_tta_prediction_is_the_average_of_the_views_like_the_official_wrapper():
