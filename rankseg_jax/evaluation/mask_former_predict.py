@@ -4,8 +4,9 @@
 Every image of `input_path` (a file or a folder) is decoded by the project's one decoder
 (`data/decode.py`, EXIF orientation applied), run through the official test path
 (`mask_former_engine.MaskFormerInferencer`: short side to min(data.test_scale), long side at
-most max(data.test_scale), padded to 32, batch 1) and written at its own size, as
-`<out>/<stem>_*` (input naming and ground truth lookup as `predict.py`):
+most max(data.test_scale), padded to 32, batch 1; with `test.aug_min_sizes` the official
+multi-scale + flip average, which has no ranking, so no `_scores.png`) and written at its own
+size, as `<out>/<stem>_*` (input naming and ground truth lookup as `predict.py`):
 * `_labels.png`: the semantic prediction (`sem_seg.argmax(0)`; with semantic_on=False the
   class of each panoptic segment, void = 255) as a palette PNG (`visualize.write_label_pngs`);
 * `_panel.png`: image | prediction | ground truth (with `label_dir`), legend of the classes;
