@@ -148,6 +148,24 @@ def test_evaluate_under_tta_reports_no_ranking_metrics(monkeypatch, tmp_path):
     assert test["aug_min_sizes"] == list(AUG) and test["flip"] is True
 
 
+def test_predict_under_tta_writes_the_tta_labels(monkeypatch, tmp_path):
+    """predict goes through the TTA too: its label PNG is the TTA argmax; no ranking chart."""
+    from rankseg_jax.evaluation import mask_former_predict
+
+    c, model, eng = _engine()
+    monkeypatch.setattr(mask_former_predict, "MaskFormerInferencer",
+                        lambda config, model, thing_ids=(): eng)
+    src = tmp_path / "in"
+    src.mkdir()
+    image = _image(seed=2)
+    Image.fromarray(image).save(src / "a.png")
+    mask_former_predict.predict(c, model, src, tmp_path / "out")
+    names = {p.name for p in (tmp_path / "out").iterdir()}
+    assert {"a_labels.png", "a_panel.png"} <= names and "a_scores.png" not in names
+    labels = np.asarray(Image.open(tmp_path / "out" / "a_labels.png"))
+    np.testing.assert_array_equal(labels, eng.predict(image).sem)
+
+
 # ------------------------------------------------------------------ config
 
 
