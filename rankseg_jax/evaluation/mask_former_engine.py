@@ -52,10 +52,9 @@ from rankseg_jax import resize
 from rankseg_jax.evaluation import mask_former
 from rankseg_jax.evaluation.mask_former_inputs import (
     PreparedImage,
-    normalize_and_pad,
+    prepare_resized,
     prepare_test_image,
-    resize_image,
-    shortest_edge_size,
+    resize_shortest_edge,
 )
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -196,21 +195,15 @@ class MaskFormerInferencer:
         order: (prepared view, flipped) for each short side of `test.aug_min_sizes`, unflipped
         then (with `test.flip`) flipped. Each view re-resizes the image as the plain test path
         sizes it (module doc); its output size stays (H0, W0)."""
-        if image_u8.dtype != np.uint8 or image_u8.ndim != 3 or image_u8.shape[2] != 3:
-            raise ValueError(f"expected a uint8 [H, W, 3] image, got {image_u8.dtype} "
-                             f"{image_u8.shape}")
-        h0, w0 = image_u8.shape[:2]
-        base = resize_image(image_u8, shortest_edge_size(h0, w0, self.min_size,
-                                                         self.max_size))
+        base = resize_shortest_edge(image_u8, self.min_size, self.max_size)
         views = []
         for short in self.aug_min_sizes:
-            size = shortest_edge_size(*base.shape[:2], short, self.aug_max_size)
-            resized = resize_image(base, size)
+            resized = resize_shortest_edge(base, short, self.aug_max_size)
             for flipped in (False, True) if self.aug_flip else (False,):
-                view = resized[:, ::-1] if flipped else resized
-                padded, padded_size = normalize_and_pad(view, self.mean, self.std,
-                                                        self.size_divisibility)
-                views.append((PreparedImage(padded, size, padded_size, (h0, w0)), flipped))
+                views.append((prepare_resized(resized[:, ::-1] if flipped else resized,
+                                              image_u8.shape[:2], mean=self.mean, std=self.std,
+                                              size_divisibility=self.size_divisibility),
+                              flipped))
         return views
 
     def predict(self, image_u8: np.ndarray, gt_present=None) -> MaskFormerPrediction:

@@ -115,6 +115,23 @@ class PreparedImage:
     output_size: tuple[int, int]
 
 
+def resize_shortest_edge(image: np.ndarray, short_edge: int, max_size: int) -> np.ndarray:
+    """detectron2 `ResizeShortestEdge(short_edge, max_size)` of a uint8 RGB image [H, W, 3]
+    (`shortest_edge_size`, then `resize_image`). Returns uint8 [h, w, 3]; raises ValueError
+    for any other input."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected a uint8 [H, W, 3] image, got {image.dtype} {image.shape}")
+    return resize_image(image, shortest_edge_size(*image.shape[:2], short_edge, max_size))
+
+
+def prepare_resized(resized: np.ndarray, output_size: tuple[int, int], *, mean, std,
+                    size_divisibility: int) -> PreparedImage:
+    """A resized uint8 image [h, w, 3] as the model's input (`normalize_and_pad`), with the
+    original size (H0, W0) its predictions go back to. Returns a `PreparedImage`."""
+    padded, padded_size = normalize_and_pad(resized, mean, std, size_divisibility)
+    return PreparedImage(padded, resized.shape[:2], padded_size, tuple(output_size))
+
+
 def prepare_test_image(image: np.ndarray, *, min_size: int, max_size: int, mean, std,
                        size_divisibility: int) -> PreparedImage:
     """Official test-time sizing of a uint8 RGB image [H0, W0, 3] (see the module docstring).
@@ -122,10 +139,5 @@ def prepare_test_image(image: np.ndarray, *, min_size: int, max_size: int, mean,
     min_size/max_size: MIN_SIZE_TEST/MAX_SIZE_TEST (640/2560 for ADE20K); mean/std: PIXEL_MEAN /
     PIXEL_STD (RGB); size_divisibility: 32. Returns a `PreparedImage`.
     """
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected a uint8 [H, W, 3] image, got {image.dtype} {image.shape}")
-    h0, w0 = image.shape[:2]
-    size = shortest_edge_size(h0, w0, min_size, max_size)
-    resized = resize_image(image, size)
-    padded, padded_size = normalize_and_pad(resized, mean, std, size_divisibility)
-    return PreparedImage(padded, size, padded_size, (h0, w0))
+    return prepare_resized(resize_shortest_edge(image, min_size, max_size), image.shape[:2],
+                           mean=mean, std=std, size_divisibility=size_divisibility)
