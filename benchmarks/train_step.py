@@ -73,14 +73,17 @@ def apply_overrides(c, overrides: list[str]) -> None:
 
 
 def build_config(preset: str, size: int, k: int, kappa: int, batch: int, dtype: str,
-                 remat: bool, overrides: tuple[str, ...] = (), num_devices: int = 1):
+                 remat: bool, overrides: tuple[str, ...] = (), num_devices: int = 1,
+                 backend: str | None = None):
     """A validated Segmenter(+RankSeg) config for one square crop size on one device (or on
     `num_devices`, when `overrides` set the mesh sizes); `overrides`: `dotted.key=value`
-    strings applied before validation."""
+    strings applied before validation; `backend`: the platform compiled for (default
+    jax's; `gpu_aot.py` compiles for a GPU without one)."""
     from rankseg_jax import config as config_lib
 
     if preset == "m2f":
-        return build_m2f_config(size, kappa, batch, dtype, remat, overrides, num_devices)
+        return build_m2f_config(size, kappa, batch, dtype, remat, overrides, num_devices,
+                                backend)
     c = config_lib.base_config()
     config_lib.apply_vit_preset(c, preset)
     c.model.num_classes, c.model.dtype, c.model.remat = k, dtype, remat
@@ -93,12 +96,14 @@ def build_config(preset: str, size: int, k: int, kappa: int, batch: int, dtype: 
     c.train.batch_size = batch
     c.mesh.data = c.mesh.fsdp = c.mesh.tensor = 1
     apply_overrides(c, list(overrides))
-    config_lib.validate(c, check_files=False, num_devices=num_devices, process_count=1)
+    config_lib.validate(c, check_files=False, num_devices=num_devices, process_count=1,
+                        backend=backend)
     return c
 
 
 def build_m2f_config(size: int, kappa: int, batch: int, dtype: str, remat: bool,
-                     overrides: tuple[str, ...] = (), num_devices: int = 1):
+                     overrides: tuple[str, ...] = (), num_devices: int = 1,
+                     backend: str | None = None):
     """configs/demo_mask2former.py (its `:rankseg` variant when kappa > 0: kappa = K) at a
     square crop, on one device (or `num_devices`, see `build_config`)."""
     import importlib.util
@@ -116,7 +121,8 @@ def build_m2f_config(size: int, kappa: int, batch: int, dtype: str, remat: bool,
     c.train.batch_size = batch
     c.mesh.data = c.mesh.fsdp = c.mesh.tensor = 1
     apply_overrides(c, list(overrides))
-    config_lib.validate(c, check_files=False, num_devices=num_devices, process_count=1)
+    config_lib.validate(c, check_files=False, num_devices=num_devices, process_count=1,
+                        backend=backend)
     return c
 
 

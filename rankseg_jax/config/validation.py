@@ -19,8 +19,9 @@ from rankseg_jax.config.overrides import check_override_names, option_names  # n
 from rankseg_jax.config.schema import ConfigError
 
 
-def validate_model(config: mlc.ConfigDict) -> None:
-    """The model, loss and test sections (no devices or files involved).
+def validate_model(config: mlc.ConfigDict, backend: str | None = None) -> None:
+    """The model, loss and test sections (no devices or files involved; `backend`, the
+    platform compiled for, only matters to model.attention='cudnn': see `validate`).
 
     Options of the host that `model.arch` does not build (and of the backbone it does not
     use) are not checked: they are ignored.
@@ -35,7 +36,7 @@ def validate_model(config: mlc.ConfigDict) -> None:
     choice(m.remat_policy, schema.REMAT_POLICIES, "model.remat_policy")
     choice(m.attention, schema.ATTENTION_IMPLEMENTATIONS, "model.attention")
     if m.attention == "cudnn":
-        _validate_cudnn_attention(config)
+        _validate_cudnn_attention(config, backend)
     choice(r.temperature, schema.TEMPERATURES, "model.rankseg.temperature")
     choice(r.oracle, schema.ORACLES, "model.rankseg.oracle")
     choice(config.loss.img_type, schema.IMG_LOSSES, "loss.img_type")
@@ -220,7 +221,7 @@ def _validate_mask2former(config: mlc.ConfigDict) -> None:
                           "multi-label loss is the official AsymmetricLoss ('asl')")
 
 
-def _validate_cudnn_attention(config: mlc.ConfigDict) -> None:
+def _validate_cudnn_attention(config: mlc.ConfigDict, backend: str | None) -> None:
     """model.attention="cudnn": what cuDNN flash attention (jax.nn.dot_product_attention's
     'cudnn' implementation) accepts, checked here rather than as a lowering error."""
     m = config.model
@@ -237,11 +238,13 @@ def _validate_cudnn_attention(config: mlc.ConfigDict) -> None:
         if head_dim % 8 or head_dim > 128:
             raise ConfigError(f"model.attention='cudnn' needs a head dim that is a multiple of "
                               f"8 and <= 128; {name} has {dim} / {heads} heads = {head_dim}")
-    import jax
+    if backend is None:
+        import jax
 
-    if jax.default_backend() != "gpu":
+        backend = jax.default_backend()
+    if backend != "gpu":
         raise ConfigError(f"model.attention='cudnn' needs a CUDA GPU; this run's backend is "
-                          f"{jax.default_backend()!r}; use model.attention='xla'")
+                          f"{backend!r}; use model.attention='xla'")
 
 
 def validate_mask2former_training(config: mlc.ConfigDict) -> None:
@@ -387,15 +390,18 @@ def validate_train(config: mlc.ConfigDict, num_devices: int, process_count: int,
 
 
 def validate(config: mlc.ConfigDict, *, num_devices: int | None = None,
-             process_count: int | None = None, check_files: bool = True) -> None:
+             process_count: int | None = None, check_files: bool = True,
+             backend: str | None = None) -> None:
     """Checks the whole config once, before compilation.
 
     num_devices / process_count: the run's devices and processes (default: jax's). With
     check_files=False, dataset roots and initial-weight paths are not looked up (for tools
-    that only build models, e.g. conversion). Raises ConfigError naming the option.
+    that only build models, e.g. conversion). backend: the jax platform the run compiles
+    for ("cpu", "gpu", "tpu"; default jax.default_backend(); an ahead-of-time compile for
+    another platform names it). Raises ConfigError naming the option.
     """
     validate_numbers(config)
-    validate_model(config)
+    validate_model(config, backend)
     validate_optim(config)
     validate_data(config, check_files=check_files)
     if num_devices is None or process_count is None:

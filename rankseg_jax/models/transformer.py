@@ -99,6 +99,39 @@ def split_rng(rng: jax.Array | None, n: int) -> list[jax.Array | None]:
     return [None] * n if rng is None else list(jax.random.split(rng, n))
 
 
+def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float,
+                    mask: jax.Array | None = None, implementation: str = "xla",
+                    pad_odd: bool | None = None) -> jax.Array:
+    """`jax.nn.dot_product_attention` of q [B, Nq, h, dh] over k, v [B, Nk, h, dh];
+    returns [B, Nq, h, dh]. mask: as `Attention.__call__`'s.
+
+    pad_odd (default: when implementation == "cudnn" and mask is None): an odd Nq or Nk is
+    padded with one zero token to an even length, the padded key is excluded through
+    `key_value_seq_lengths` (cuDNN's padding mask) and the padded query row dropped, so the
+    result equals the unpadded attention. Why: jax's cuDNN path (jax 0.10-0.12,
+    `jax/_src/cudnn/fused_attention_stablehlo.py`) replaces a missing bias by an empty
+    placeholder array before its training check `check_is_flash_attention(..., bias is not
+    None, is_training=True)`, so every differentiated call is checked as if it had a bias,
+    and biased training needs even lengths: "Unsupported sequence length Q 1025, KV 1025"
+    for the ViT's 1 + 32² tokens at 512².
+    """
+    n, nk = q.shape[1], k.shape[1]
+    if pad_odd is None:
+        pad_odd = implementation == "cudnn" and mask is None
+    if not pad_odd or (n % 2 == 0 and nk % 2 == 0):
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale,
+                                            implementation=implementation)
+    if mask is not None:
+        raise ValueError("fused_attention: pad_odd=True takes no mask (pad the mask too or "
+                         "call jax.nn.dot_product_attention directly)")
+    b = q.shape[0]
+    q_pad, kv_pad = ((0, 0), (0, n % 2), (0, 0), (0, 0)), ((0, 0), (0, nk % 2), (0, 0), (0, 0))
+    y = jax.nn.dot_product_attention(
+        jnp.pad(q, q_pad), jnp.pad(k, kv_pad), jnp.pad(v, kv_pad), scale=scale,
+        key_value_seq_lengths=jnp.full((b,), nk, jnp.int32), implementation=implementation)
+    return y[:, :n]
+
+
 class Attention(nnx.Module):
     """Multi-head attention with separate q/k/v projections (head-major columns).
 
@@ -147,9 +180,8 @@ class Attention(nnx.Module):
         if rng_attn is None or self.attn_drop == 0.0:
             # "xla" (the reference numerics, every backend) or "cudnn" (fused flash
             # attention on CUDA GPUs; config validation checks dtype and head dim).
-            y = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=dh ** -0.5,
-                                             implementation=self.implementation
-                                             ).reshape(b, n, d)
+            y = fused_attention(q, k, v, scale=dh ** -0.5, mask=mask,
+                                implementation=self.implementation).reshape(b, n, d)
         else:
             logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (dh ** -0.5)
             # Softmax in float32 even for bf16 compute.

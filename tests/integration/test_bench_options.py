@@ -35,3 +35,27 @@ def test_vs_official_refuses_an_ours_python_that_is_not_executable(tmp_path):
                           timeout=120)
     assert proc.returncode == 2
     assert f"--ours_python '{missing}' is not an executable file" in proc.stderr
+
+
+def test_gpu_aot_without_the_cuda_plugin_says_what_to_install():
+    import importlib.metadata
+
+    try:
+        importlib.metadata.version("jax-cuda12-plugin")
+        pytest.skip("the CUDA plugin is installed here")
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_aot.py"),
+                           "--preset", "ti16", "--size", "32", "--k", "4", "--kappa", "2"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert "gpu_aot.py needs jax's CUDA plugin" in proc.stderr
+    assert "pip install 'jax[cuda12]==" in proc.stderr
+
+
+def test_gpu_aot_target_config_names_the_h200():
+    gpu_aot = pytest.importorskip("gpu_aot")
+    text = gpu_aot.target_config_text()
+    assert 'device_description_str: "NVIDIA H200 141GB HBM3e"' in text
+    assert "core_count: 132" in text and "major: 9 minor: 0" in text
+    assert text.count("{") == text.count("}")

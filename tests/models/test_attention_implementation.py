@@ -45,6 +45,16 @@ def test_cudnn_off_a_gpu_names_the_backend():
         small_train_config(**{"model.attention": "cudnn", "model.dtype": "bfloat16"})
 
 
+def test_cudnn_validates_for_a_named_gpu_backend():
+    """An ahead-of-time compile for a GPU (benchmarks/gpu_aot.py) names the backend."""
+    c = small_train_config()
+    c.unlock()
+    c.model.attention, c.model.dtype = "cudnn", "bfloat16"
+    config_lib.validate(c, check_files=False, backend="gpu")
+    with pytest.raises(config_lib.ConfigError, match="this run's backend is 'tpu'"):
+        config_lib.validate(c, check_files=False, backend="tpu")
+
+
 def test_the_option_reaches_every_vit_and_head_block_and_adds_no_parameters():
     c = small_train_config()
     xla_model = models.build_model(c)
@@ -85,10 +95,11 @@ def test_cudnn_forward_matches_xla_in_bfloat16(tokens):
 
 
 @pytest.mark.skipif(not ON_GPU, reason="cuDNN flash attention needs a CUDA GPU")
-def test_cudnn_gradients_match_xla_in_bfloat16():
-    """Input gradients at an even token count (odd ones are refused when differentiated)."""
+@pytest.mark.parametrize("tokens", [1025, 1074])  # odd: padded to even by fused_attention
+def test_cudnn_gradients_match_xla_in_bfloat16(tokens):
+    """Input gradients, cuDNN vs XLA (relative L2 error)."""
     layers = _layers()
-    x = jax.random.normal(jax.random.PRNGKey(1), (2, 1074, 768), jnp.float32)
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, tokens, 768), jnp.float32)
 
     def grad(layer):
         def loss(x):
@@ -99,3 +110,39 @@ def test_cudnn_gradients_match_xla_in_bfloat16():
     g_x, g_c = grad(layers["xla"]), grad(layers["cudnn"])
     assert np.isfinite(g_c).all()
     assert _rel(g_c, g_x) < 5e-2, _rel(g_c, g_x)
+
+
+@pytest.mark.parametrize("nq,nk", [(7, 7), (7, 10), (6, 9), (8, 8)])
+def test_odd_length_padding_changes_nothing(nq, nk):
+    """fused_attention's padding to even lengths (what lets jax's cuDNN path differentiate
+    the ViT's 1025 tokens) gives the unpadded attention's output and gradients. Run here
+    with XLA's implementation, which honours the same key_value_seq_lengths mask; the cuDNN
+    kernel itself is compared on a GPU above."""
+    rng = np.random.default_rng(0)
+    q, k, v = (jnp.asarray(rng.standard_normal((2, n, 3, 8)), jnp.float32)
+               for n in (nq, nk, nk))
+    w = jnp.asarray(rng.standard_normal((2, nq, 3, 8)), jnp.float32)
+
+    def loss(pad_odd):
+        def f(q, k, v):
+            y = tfm.fused_attention(q, k, v, scale=8 ** -0.5, implementation="xla",
+                                    pad_odd=pad_odd)
+            return jnp.sum(jnp.sin(y) * w), y
+        return jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True)(q, k, v)
+
+    (l_ref, y_ref), g_ref = loss(False)
+    (l_pad, y_pad), g_pad = loss(True)
+    assert y_pad.shape == y_ref.shape == (2, nq, 3, 8)
+    np.testing.assert_allclose(np.asarray(y_pad), np.asarray(y_ref), rtol=1e-5, atol=1e-6)
+    for a, b in zip(g_pad, g_ref, strict=True):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_padding_is_on_for_cudnn_only_and_refuses_a_mask():
+    x = jnp.ones((1, 5, 2, 8), jnp.float32)
+    traced = jax.make_jaxpr(lambda x: tfm.fused_attention(x, x, x, scale=1.0))(x)
+    assert "pad" not in str(traced)  # xla: called as is
+    with pytest.raises(ValueError, match="pad_odd=True takes no mask"):
+        tfm.fused_attention(x, x, x, scale=1.0, mask=jnp.ones((1, 1, 5, 5), bool),
+                            pad_odd=True)
