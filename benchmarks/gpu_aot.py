@@ -33,7 +33,9 @@ Examples:
         --set model.attention=cudnn
 
 Prints one JSON line: lower and compile seconds, the optimised program's lines, its
-library calls (custom-call targets) and fusion kinds, counted.
+library calls (custom-call targets) and fusion kinds, counted, XLA's memory plan (temp,
+arguments, outputs in MiB: what the step needs on the device, before allocator
+overheads).
 """
 
 from __future__ import annotations
@@ -142,6 +144,11 @@ def compile_step(args) -> dict:
     t = time.perf_counter()
     compiled = lowered.compile()
     compile_s = time.perf_counter() - t
+    from common import MIB
+
+    # No FLOP count: without a device XLA:GPU's cost analysis returns none
+    # (benchmarks/train_step.py reports the step's FLOPs on any backend).
+    memory = compiled.memory_analysis()
     text = compiled.as_text()
     calls = collections.Counter(re.findall(r'custom_call_target="([^"]+)"', text))
     kinds = collections.Counter(re.findall(r"kind=(k[A-Za-z]+)", text))
@@ -152,6 +159,9 @@ def compile_step(args) -> dict:
             "lower_s": round(lower_s, 1), "compile_s": round(compile_s, 1),
             "stablehlo_lines": lowered.as_text().count("\n"),
             "optimised_hlo_lines": text.count("\n"),
+            "temp_MiB": round(memory.temp_size_in_bytes / MIB),
+            "arg_MiB": round(memory.argument_size_in_bytes / MIB),
+            "out_MiB": round(memory.output_size_in_bytes / MIB),
             "custom_calls": dict(sorted(calls.items())),
             "fusion_kinds": dict(sorted(kinds.items()))}
 

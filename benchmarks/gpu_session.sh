@@ -44,7 +44,12 @@ run_rows() {
   # Train-step rows one after another, each in its own process under its own limit
   # (ROW_LIMIT s); a row that runs over it gets SIGABRT, whose Python traceback
   # (PYTHONFAULTHANDLER) shows where it was. Rows: benchmarks/gpu_rows.json.
-  # A row's optional "xla_flags" becomes that worker's XLA_FLAGS.
+  # A row's optional "xla_flags" becomes that worker's XLA_FLAGS. Order, most told per
+  # device-second first: the RankSeg ViT-S row without autotuning (is the > 95 s compile
+  # the device-side search? compiled for an H200 without a GPU it takes 1.2-1.45x the
+  # baseline's time, BENCHMARKS.md), then the issue's MFU rows, ViT-B/16 512² at batch 32
+  # (XLA plans 42 GiB of temp memory for RankSeg, 49 GiB for the baseline on an H200:
+  # benchmarks/gpu_aot.py), with cuDNN attention, then the ViT-S K = 1284 rows.
   python3 -c 'import json
 for job in json.load(open("benchmarks/gpu_rows.json")):
     flags = job.pop("xla_flags", "")
