@@ -9,8 +9,8 @@ It measures no step time and no memory of a real device.
 Needs the CUDA plugin of the installed jax, best in a separate virtual environment:
 
     python -m venv /tmp/venv_gpu_aot && . /tmp/venv_gpu_aot/bin/activate
-    pip install -r requirements.txt "jax[cuda12]==$(python -c 'import jax; print(jax.__version__)')"
-    pip install -e . --no-deps
+    pip install -r requirements.txt && pip install -e . --no-deps
+    pip install "jax[cuda12]==$(python -c 'import jax; print(jax.__version__)')"
 
 No GPU or driver is needed: the plugin's driver check is skipped
 (JAX_SKIP_CUDA_CONSTRAINTS_CHECK), JAX_PLATFORMS=cpu keeps jax's own backend on the CPU,
@@ -31,6 +31,7 @@ Examples:
     python benchmarks/gpu_aot.py --preset s16 --size 256 --k 1284 --kappa 50 --batch 8
     python benchmarks/gpu_aot.py --preset b16 --size 512 --k 150 --kappa 50 --batch 8 \\
         --set model.attention=cudnn
+    python benchmarks/gpu_aot.py --config configs/ade20k_mask2former.py:rankseg --batch 16
 
 Prints one JSON line: lower and compile seconds, the optimised program's lines, its
 library calls (custom-call targets) and fusion kinds, counted, XLA's memory plan (temp,
@@ -124,19 +125,31 @@ def compile_step(args) -> dict:
                  f"pip install 'jax[cuda12]=={jax.__version__}' (see this file's docstring)")
     _answer_cudnn_checks_for_the_target()
 
-    from train_step import build_config, synthetic_batch
+    from train_step import build_config, build_file_config, synthetic_batch
 
     from rankseg_jax import sharding
     from rankseg_jax.train import step as train_step
 
-    c = build_config(args.preset, args.size, args.k, args.kappa, args.batch, args.dtype,
-                     args.remat, tuple(args.set), backend="gpu")
+    if args.config:
+        path, _, arg = args.config.partition(":")
+        c = build_file_config(path, arg or None, args.size, args.batch, args.dtype,
+                              args.remat, tuple(args.set), backend="gpu")
+        size = c.data.crop_size[0]
+        if tuple(c.data.crop_size) != (size, size):
+            sys.exit(f"gpu_aot.py: {args.config} crops {tuple(c.data.crop_size)}; pass "
+                     "--size for a square crop (the synthetic batch is square)")
+        model = {"config": args.config, "arch": c.model.arch, "K": c.model.num_classes}
+    else:
+        c = build_config(args.preset, args.size, args.k, args.kappa, args.batch, args.dtype,
+                         args.remat, tuple(args.set), backend="gpu")
+        size = args.size
+        model = {"preset": args.preset, "K": args.k, "kappa": args.kappa or None}
     mesh = sharding.make_mesh(c, topology.devices[:1])
     setup = train_step.make_setup(c, mesh)
     step_fn = train_step.make_train_step(setup)
     batch_sh = sharding.batch_sharding(mesh)
     data = {name: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh)
-            for name, v in synthetic_batch(c, args.size, args.batch).items()}
+            for name, v in synthetic_batch(c, size, args.batch).items()}
     key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=sharding.replicated(mesh))
     t = time.perf_counter()
     lowered = step_fn.lower(setup.abstract_state, data, key)
@@ -152,8 +165,7 @@ def compile_step(args) -> dict:
     text = compiled.as_text()
     calls = collections.Counter(re.findall(r'custom_call_target="([^"]+)"', text))
     kinds = collections.Counter(re.findall(r"kind=(k[A-Za-z]+)", text))
-    return {"target": H200_DEVICE_INFO["name"], "preset": args.preset, "size": args.size,
-            "K": args.k, "kappa": args.kappa or None, "batch": args.batch,
+    return {"target": H200_DEVICE_INFO["name"], **model, "size": size, "batch": args.batch,
             "dtype": args.dtype, "remat": args.remat, "overrides": args.set,
             "triton_gemm": args.triton_gemm, "jax": jax.__version__,
             "lower_s": round(lower_s, 1), "compile_s": round(compile_s, 1),
@@ -169,8 +181,12 @@ def compile_step(args) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="", metavar="PATH[:ARG]",
+                   help="a config file's get_config(ARG) instead of --preset/--k/--kappa "
+                        "(e.g. configs/ade20k_mask2former.py:rankseg)")
     p.add_argument("--preset", default="s16", choices=("ti16", "s16", "b16", "l16", "m2f"))
-    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--size", type=int, default=None,
+                   help="square crop (default 256; with --config, the file's crop)")
     p.add_argument("--k", type=int, default=150)
     p.add_argument("--kappa", type=int, default=50, help="top-kappa; 0 = the baseline")
     p.add_argument("--batch", type=int, default=8)
@@ -181,6 +197,8 @@ def main() -> None:
     p.add_argument("--triton_gemm", action="store_true",
                    help="leave XLA's Triton GEMMs on (fails without autotuning in jaxlib 0.10.2)")
     args = p.parse_args()
+    if args.size is None and not args.config:
+        args.size = 256
     # Before jax is imported: no driver check, jax's own backend on the CPU.
     os.environ["JAX_SKIP_CUDA_CONSTRAINTS_CHECK"] = "1"
     os.environ.setdefault("JAX_PLATFORMS", "cpu")

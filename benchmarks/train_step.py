@@ -106,18 +106,32 @@ def build_m2f_config(size: int, kappa: int, batch: int, dtype: str, remat: bool,
                      backend: str | None = None):
     """configs/demo_mask2former.py (its `:rankseg` variant when kappa > 0: kappa = K) at a
     square crop, on one device (or `num_devices`, see `build_config`)."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "configs", "demo_mask2former.py")
+    return build_file_config(path, "rankseg" if kappa else None, size, batch, dtype, remat,
+                             overrides, num_devices, backend)
+
+
+def build_file_config(path: str, arg: str | None, size: int | None, batch: int, dtype: str,
+                      remat: bool, overrides: tuple[str, ...] = (), num_devices: int = 1,
+                      backend: str | None = None):
+    """The `get_config(arg)` of a config file (e.g. configs/ade20k_mask2former.py with arg
+    "rankseg"), with a square crop of `size` (None: the file's crop), `batch`, `dtype` and
+    `remat`, on one device (or `num_devices`, see `build_config`), validated without
+    looking up dataset or weight files."""
     import importlib.util
 
     from rankseg_jax import config as config_lib
 
-    spec = importlib.util.spec_from_file_location(
-        "demo_m2f", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                 "configs", "demo_mask2former.py"))
+    if not os.path.isfile(path):
+        sys.exit(f"config file {path!r} not found")
+    spec = importlib.util.spec_from_file_location("bench_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    c = module.get_config("rankseg" if kappa else None)
+    c = module.get_config(arg)
     c.model.dtype, c.model.remat = dtype, remat
-    c.data.crop_size = (size, size)
+    if size is not None:
+        c.data.crop_size = (size, size)
     c.train.batch_size = batch
     c.mesh.data = c.mesh.fsdp = c.mesh.tensor = 1
     apply_overrides(c, list(overrides))
