@@ -64,9 +64,9 @@ def test_gpu_aot_target_config_names_the_h200():
 def test_build_file_config_reads_a_config_file_and_names_a_missing_one():
     ts = pytest.importorskip("train_step")
     c = ts.build_file_config(str(ROOT / "configs" / "ade20k_mask2former.py"), "rankseg", None,
-                             2, "bfloat16", False, ("model.mask2former.num_queries=20",))
+                             2, "bfloat16", False, ("model.mask2former.num_queries=120",))
     assert c.model.arch == "mask2former" and c.model.rankseg.enabled
     assert tuple(c.data.crop_size) == (640, 640) and c.train.batch_size == 2
-    assert c.model.mask2former.num_queries == 20 and c.model.dtype == "bfloat16"
+    assert c.model.mask2former.num_queries == 120 and c.model.dtype == "bfloat16"
     with pytest.raises(SystemExit, match="config file 'nope.py' not found"):
         ts.build_file_config("nope.py", None, None, 1, "float32", False)
