@@ -49,7 +49,7 @@ run_rows() {
   # the device-side search? compiled for an H200 without a GPU it takes 1.2-1.45x the
   # baseline's time, BENCHMARKS.md), then the issue's MFU rows, ViT-B/16 512² at batch 32
   # (XLA plans 42 GiB of temp memory for RankSeg, 49 GiB for the baseline on an H200:
-  # benchmarks/gpu_aot.py), with cuDNN attention, then the ViT-S K = 1284 rows.
+  # benchmarks/aot_compile.py), with cuDNN attention, then the ViT-S K = 1284 rows.
   python3 -c 'import json
 for job in json.load(open("benchmarks/gpu_rows.json")):
     flags = job.pop("xla_flags", "")

@@ -78,7 +78,7 @@ def build_config(preset: str, size: int, k: int, kappa: int, batch: int, dtype: 
     """A validated Segmenter(+RankSeg) config for one square crop size on one device (or on
     `num_devices`, when `overrides` set the mesh sizes); `overrides`: `dotted.key=value`
     strings applied before validation; `backend`: the platform compiled for (default
-    jax's; `gpu_aot.py` compiles for a GPU without one)."""
+    jax's; `aot_compile.py` compiles for a GPU or TPU without one)."""
     from rankseg_jax import config as config_lib
 
     if preset == "m2f":

@@ -37,25 +37,49 @@ def test_vs_official_refuses_an_ours_python_that_is_not_executable(tmp_path):
     assert f"--ours_python '{missing}' is not an executable file" in proc.stderr
 
 
-def test_gpu_aot_without_the_cuda_plugin_says_what_to_install():
+def _installed(dist: str) -> bool:
     import importlib.metadata
 
     try:
-        importlib.metadata.version("jax-cuda12-plugin")
-        pytest.skip("the CUDA plugin is installed here")
+        importlib.metadata.version(dist)
+        return True
     except importlib.metadata.PackageNotFoundError:
-        pass
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_aot.py"),
-                           "--preset", "ti16", "--size", "32", "--k", "4", "--kappa", "2"],
-                          capture_output=True, text=True, timeout=300)
+        return False
+
+
+def _aot_compile(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "aot_compile.py"),
+                           "--preset", "ti16", "--size", "32", "--k", "4", "--kappa", "2",
+                           *args], capture_output=True, text=True, timeout=300)
+
+
+def test_aot_compile_without_the_cuda_plugin_says_what_to_install():
+    if _installed("jax-cuda12-plugin"):
+        pytest.skip("the CUDA plugin is installed here")
+    proc = _aot_compile()
     assert proc.returncode == 1
-    assert "gpu_aot.py needs jax's CUDA plugin" in proc.stderr
+    assert "aot_compile.py --target h200 needs jax's CUDA plugin" in proc.stderr
     assert "pip install 'jax[cuda12]==" in proc.stderr
 
 
-def test_gpu_aot_target_config_names_the_h200():
-    gpu_aot = pytest.importorskip("gpu_aot")
-    text = gpu_aot.target_config_text()
+def test_aot_compile_without_libtpu_says_what_to_install():
+    if _installed("libtpu"):
+        pytest.skip("libtpu is installed here")
+    proc = _aot_compile("--target", "tpu:v5e:2x4")
+    assert proc.returncode == 1
+    assert "aot_compile.py --target tpu:v5e:2x4: no TPU topology 'v5e:2x4'" in proc.stderr
+    assert "pip install 'jax[tpu]==" in proc.stderr
+
+
+def test_aot_compile_names_an_unknown_target():
+    proc = _aot_compile("--target", "a100")
+    assert proc.returncode == 1
+    assert "unknown --target 'a100'; use h200 or tpu:TOPOLOGY" in proc.stderr
+
+
+def test_aot_compile_target_config_names_the_h200():
+    aot = pytest.importorskip("aot_compile")
+    text = aot.target_config_text()
     assert 'device_description_str: "NVIDIA H200 141GB HBM3e"' in text
     assert "core_count: 132" in text and "major: 9 minor: 0" in text
     assert text.count("{") == text.count("}")

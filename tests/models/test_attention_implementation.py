@@ -46,7 +46,7 @@ def test_cudnn_off_a_gpu_names_the_backend():
 
 
 def test_cudnn_validates_for_a_named_gpu_backend():
-    """An ahead-of-time compile for a GPU (benchmarks/gpu_aot.py) names the backend."""
+    """An ahead-of-time compile for a GPU (benchmarks/aot_compile.py) names the backend."""
     c = small_train_config()
     c.unlock()
     c.model.attention, c.model.dtype = "cudnn", "bfloat16"

@@ -1,42 +1,49 @@
-"""XLA:GPU compile without a GPU: the real train step, compiled ahead of time for an NVIDIA
-H200 on this machine's CPU.
+"""Compile without the accelerator: the real train step compiled ahead of time, on this
+machine's CPU, for an NVIDIA H200 or for a TPU slice (one chip to a multi-host pod slice).
 
-What it answers on any machine: does the step trace and lower for CUDA (e.g. with
-`model.attention=cudnn`), which library calls the optimised program makes (cuDNN attention,
-cuBLAS GEMMs), how large it is, and how long XLA:GPU's pipeline takes without autotuning.
-It measures no step time and no memory of a real device.
+What it answers on any machine: does the step trace and lower for CUDA or TPU (e.g. with
+`model.attention=cudnn`, or sharded over a TPU mesh with FSDP), which library calls the
+optimised program makes (cuDNN attention, cuBLAS GEMMs), how large it is, how much memory
+XLA plans per device (temp, arguments, outputs), and how long the compiler's pipeline takes
+without autotuning. It measures no step time and no allocator overheads.
 
-Needs the CUDA plugin of the installed jax, best in a separate virtual environment:
+Needs the accelerator plugin of the installed jax, best in a separate virtual environment
+(this project's CPU tests do not expect it):
 
-    python -m venv /tmp/venv_gpu_aot && . /tmp/venv_gpu_aot/bin/activate
+    python -m venv /tmp/venv_aot && . /tmp/venv_aot/bin/activate
     pip install -r requirements.txt && pip install -e . --no-deps
-    pip install "jax[cuda12]==$(python -c 'import jax; print(jax.__version__)')"
+    pip install "jax[cuda12]==$(python -c 'import jax; print(jax.__version__)')"   # H200
+    pip install "jax[tpu]==$(python -c 'import jax; print(jax.__version__)')"      # TPU
 
-No GPU or driver is needed: the plugin's driver check is skipped
-(JAX_SKIP_CUDA_CONSTRAINTS_CHECK), JAX_PLATFORMS=cpu keeps jax's own backend on the CPU,
-and the compile-only CUDA device comes from
-`jax.experimental.topologies.get_topology_desc(platform="cuda", target_config=...)` with the
-H200's device description below.
+Targets (`--target`):
+* `h200` (default): jax's CUDA plugin with the H200's device description below, through
+  `jax.experimental.topologies.get_topology_desc(platform="cuda", target_config=...)`. No GPU
+  or driver needed: the plugin's driver check is skipped (JAX_SKIP_CUDA_CONSTRAINTS_CHECK)
+  and JAX_PLATFORMS=cpu keeps jax's own backend on the CPU. One device.
+* `tpu:TOPOLOGY`, e.g. `tpu:v5e:2x4` (8 chips), `tpu:v5p:2x2x1`, `tpu:v5p:2x2x2` (2 hosts):
+  libtpu's compile-only devices (`get_topology_desc(TOPOLOGY, platform="tpu")`); the mesh
+  is the config's `mesh.*` over all of them (`--set mesh.fsdp=8`; default: data parallel
+  over every chip) and memory is per chip.
 
 Limits, as of jaxlib 0.10.2:
-* No autotuning (there is no device to time candidates on): XLA picks GEMM configurations
-  by heuristics, and its Triton GEMM tiling then fails on the ViT projections ("Couldn't find
+* No autotuning (no device to time candidates on). On the H200, XLA picks GEMM configurations
+  by heuristics and its Triton GEMM tiling then fails on the ViT projections ("Couldn't find
   output tile sizes"), so Triton GEMMs are off unless `--triton_gemm` (cuBLAS instead).
-  Compile times here are therefore a lower bound of a real compile's.
+  Compile times are therefore a lower bound of a real compile's.
 * jax's cuDNN attention checks ask the attached GPU for its cuDNN version and compute
-  capability; this script answers them for the target (cuDNN 9.10, compute capability 9.0).
+  capability; for the H200 target this script answers them (cuDNN 9.10, capability 9.0).
 
 Examples:
 
-    python benchmarks/gpu_aot.py --preset s16 --size 256 --k 1284 --kappa 50 --batch 8
-    python benchmarks/gpu_aot.py --preset b16 --size 512 --k 150 --kappa 50 --batch 8 \\
+    python benchmarks/aot_compile.py --preset s16 --size 256 --k 1284 --kappa 50 --batch 8
+    python benchmarks/aot_compile.py --preset b16 --size 512 --k 150 --kappa 50 --batch 8 \\
         --set model.attention=cudnn
-    python benchmarks/gpu_aot.py --config configs/ade20k_mask2former.py:rankseg --batch 16
+    python benchmarks/aot_compile.py --config configs/ade20k_mask2former.py:rankseg --batch 16
+    python benchmarks/aot_compile.py --target tpu:v5e:2x4 --preset b16 --size 512 --batch 32
 
 Prints one JSON line: lower and compile seconds, the optimised program's lines, its
-library calls (custom-call targets) and fusion kinds, counted, XLA's memory plan (temp,
-arguments, outputs in MiB: what the step needs on the device, before allocator
-overheads).
+library calls (custom-call targets) and fusion kinds, counted, and XLA's memory plan per
+device in MiB.
 """
 
 from __future__ import annotations
@@ -101,7 +108,7 @@ def _answer_cudnn_checks_for_the_target() -> None:
              "is_cuda_compute_capability_equal")
     missing = [n for n in names if not hasattr(fa, n)]
     if missing:
-        sys.exit(f"gpu_aot.py: this jax has no {missing} in jax._src.cudnn."
+        sys.exit(f"aot_compile.py: this jax has no {missing} in jax._src.cudnn."
                  "fused_attention_stablehlo; update the script for it")
     major, minor, patch = H200_CUDNN
     cc = H200_COMPUTE_CAPABILITY
@@ -110,41 +117,68 @@ def _answer_cudnn_checks_for_the_target() -> None:
     fa.is_cuda_compute_capability_equal = lambda c: cc == tuple(int(x) for x in c.split("."))
 
 
-def compile_step(args) -> dict:
-    """Lowers and compiles the train step of one configuration for the H200 target."""
+def target_devices(target: str) -> tuple[list, str, str]:
+    """The compile-only devices of `target` ("h200" or "tpu:TOPOLOGY"), their jax backend
+    name ("gpu" / "tpu") and a description for the output."""
     import jax
-    import jax.numpy as jnp
     from jax.experimental import topologies
 
-    try:
-        topology = topologies.get_topology_desc(
-            platform="cuda", topology_name="", target_config=target_config_text(),
-            topology="1x1x1")
-    except NotImplementedError as e:
-        sys.exit(f"gpu_aot.py needs jax's CUDA plugin ({e}); install it with "
-                 f"pip install 'jax[cuda12]=={jax.__version__}' (see this file's docstring)")
-    _answer_cudnn_checks_for_the_target()
+    if target == "h200":
+        try:
+            topology = topologies.get_topology_desc(
+                platform="cuda", topology_name="", target_config=target_config_text(),
+                topology="1x1x1")
+        except NotImplementedError as e:
+            sys.exit(f"aot_compile.py --target h200 needs jax's CUDA plugin ({e}); install it "
+                     f"with pip install 'jax[cuda12]=={jax.__version__}' (see this file's "
+                     "docstring)")
+        _answer_cudnn_checks_for_the_target()
+        return list(topology.devices), "gpu", H200_DEVICE_INFO["name"]
+    if target.startswith("tpu:") and len(target) > 4:
+        name = target[4:]
+        try:
+            topology = topologies.get_topology_desc(topology_name=name, platform="tpu")
+        except Exception as e:  # noqa: BLE001 - libtpu missing or the name unknown
+            sys.exit(f"aot_compile.py --target {target}: no TPU topology {name!r} ({e}); it "
+                     f"needs libtpu: pip install 'jax[tpu]=={jax.__version__}'")
+        devices = list(topology.devices)
+        return devices, "tpu", f"{devices[0].device_kind} x {len(devices)} ({name})"
+    sys.exit(f"aot_compile.py: unknown --target {target!r}; use h200 or tpu:TOPOLOGY "
+             "(e.g. tpu:v5e:2x4)")
 
+
+def compile_step(args) -> dict:
+    """Lowers and compiles the train step of one configuration for `args.target`."""
+    import jax
+    import jax.numpy as jnp
+
+    devices, backend, target_name = target_devices(args.target)
+    n = len(devices)
     from train_step import build_config, build_file_config, synthetic_batch
 
     from rankseg_jax import sharding
     from rankseg_jax.train import step as train_step
 
+    # build_config / build_file_config put the mesh on one device; over n devices the data
+    # axis takes what the --set mesh sizes leave (mesh.data=-1), unless --set names it.
+    mesh_overrides = tuple(args.set)
+    if n > 1 and not any(o.startswith("mesh.data=") for o in args.set):
+        mesh_overrides = ("mesh.data=-1", *mesh_overrides)
     if args.config:
         path, _, arg = args.config.partition(":")
         c = build_file_config(path, arg or None, args.size, args.batch, args.dtype,
-                              args.remat, tuple(args.set), backend="gpu")
+                              args.remat, mesh_overrides, n, backend)
         size = c.data.crop_size[0]
         if tuple(c.data.crop_size) != (size, size):
-            sys.exit(f"gpu_aot.py: {args.config} crops {tuple(c.data.crop_size)}; pass "
+            sys.exit(f"aot_compile.py: {args.config} crops {tuple(c.data.crop_size)}; pass "
                      "--size for a square crop (the synthetic batch is square)")
         model = {"config": args.config, "arch": c.model.arch, "K": c.model.num_classes}
     else:
         c = build_config(args.preset, args.size, args.k, args.kappa, args.batch, args.dtype,
-                         args.remat, tuple(args.set), backend="gpu")
+                         args.remat, mesh_overrides, n, backend)
         size = args.size
         model = {"preset": args.preset, "K": args.k, "kappa": args.kappa or None}
-    mesh = sharding.make_mesh(c, topology.devices[:1])
+    mesh = sharding.make_mesh(c, devices)
     setup = train_step.make_setup(c, mesh)
     step_fn = train_step.make_train_step(setup)
     batch_sh = sharding.batch_sharding(mesh)
@@ -160,14 +194,17 @@ def compile_step(args) -> dict:
     from common import MIB
 
     # No FLOP count: without a device XLA:GPU's cost analysis returns none
-    # (benchmarks/train_step.py reports the step's FLOPs on any backend).
+    # (benchmarks/train_step.py reports the step's FLOPs on any backend). Memory: per device.
     memory = compiled.memory_analysis()
     text = compiled.as_text()
     calls = collections.Counter(re.findall(r'custom_call_target="([^"]+)"', text))
     kinds = collections.Counter(re.findall(r"kind=(k[A-Za-z]+)", text))
-    return {"target": H200_DEVICE_INFO["name"], **model, "size": size, "batch": args.batch,
+    mesh_sizes = {name: int(size) for name, size in mesh.shape.items()}
+    return {"target": target_name, "mesh": mesh_sizes, **model, "size": size,
+            "batch": args.batch,
             "dtype": args.dtype, "remat": args.remat, "overrides": args.set,
-            "triton_gemm": args.triton_gemm, "jax": jax.__version__,
+            "triton_gemm": args.triton_gemm if backend == "gpu" else None,
+            "jax": jax.__version__,
             "lower_s": round(lower_s, 1), "compile_s": round(compile_s, 1),
             "stablehlo_lines": lowered.as_text().count("\n"),
             "optimised_hlo_lines": text.count("\n"),
@@ -181,6 +218,8 @@ def compile_step(args) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--target", default="h200",
+                   help="h200 (default) or tpu:TOPOLOGY, e.g. tpu:v5e:2x4, tpu:v5p:2x2x1")
     p.add_argument("--config", default="", metavar="PATH[:ARG]",
                    help="a config file's get_config(ARG) instead of --preset/--k/--kappa "
                         "(e.g. configs/ade20k_mask2former.py:rankseg)")
@@ -202,7 +241,7 @@ def main() -> None:
     # Before jax is imported: no driver check, jax's own backend on the CPU.
     os.environ["JAX_SKIP_CUDA_CONSTRAINTS_CHECK"] = "1"
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    if not args.triton_gemm:
+    if not args.triton_gemm and args.target == "h200":
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                    + " --xla_gpu_enable_triton_gemm=false").strip()
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
