@@ -139,8 +139,13 @@ def target_devices(target: str) -> tuple[list, str, str]:
         try:
             topology = topologies.get_topology_desc(topology_name=name, platform="tpu")
         except Exception as e:  # noqa: BLE001 - libtpu missing or the name unknown
-            sys.exit(f"aot_compile.py --target {target}: no TPU topology {name!r} ({e}); it "
-                     f"needs libtpu: pip install 'jax[tpu]=={jax.__version__}'")
+            import importlib.util
+
+            hint = ("libtpu refused the name (e.g. v5e:2x2, v5e:2x4, v5p:2x2x1, v5p:2x2x2)"
+                    if importlib.util.find_spec("libtpu") else
+                    f"it needs libtpu: pip install 'jax[tpu]=={jax.__version__}'")
+            sys.exit(f"aot_compile.py --target {target}: no TPU topology {name!r} ({e}); "
+                     f"{hint}")
         devices = list(topology.devices)
         return devices, "tpu", f"{devices[0].device_kind} x {len(devices)} ({name})"
     sys.exit(f"aot_compile.py: unknown --target {target!r}; use h200 or tpu:TOPOLOGY "
@@ -197,6 +202,9 @@ def compile_step(args) -> dict:
     # (benchmarks/train_step.py reports the step's FLOPs on any backend). Memory: per device.
     memory = compiled.memory_analysis()
     text = compiled.as_text()
+    if args.dump:
+        with open(args.dump, "w") as f:
+            f.write(text)
     calls = collections.Counter(re.findall(r'custom_call_target="([^"]+)"', text))
     kinds = collections.Counter(re.findall(r"kind=(k[A-Za-z]+)", text))
     mesh_sizes = {name: int(size) for name, size in mesh.shape.items()}
@@ -233,6 +241,8 @@ def main() -> None:
     p.add_argument("--remat", action="store_true")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, repeatable (e.g. model.attention=cudnn)")
+    p.add_argument("--dump", default="", metavar="FILE",
+                   help="write the optimised program (HLO text) to FILE")
     p.add_argument("--triton_gemm", action="store_true",
                    help="leave XLA's Triton GEMMs on (fails without autotuning in jaxlib 0.10.2)")
     args = p.parse_args()
