@@ -196,18 +196,18 @@ def compile_step(args) -> dict:
     t = time.perf_counter()
     compiled = lowered.compile()
     compile_s = time.perf_counter() - t
-    from common import MIB
+    from common import memory_numbers
 
-    # No FLOP count: without a device XLA:GPU's cost analysis returns none
-    # (benchmarks/train_step.py reports the step's FLOPs on any backend). Memory: per device.
-    memory = compiled.memory_analysis()
+    # Memory: per device. No FLOP count: without a device XLA's cost analysis returns none
+    # (benchmarks/train_step.py reports the step's FLOPs on any backend).
+    memory = memory_numbers(compiled)
     text = compiled.as_text()
     if args.dump:
         with open(args.dump, "w") as f:
             f.write(text)
     calls = collections.Counter(re.findall(r'custom_call_target="([^"]+)"', text))
     kinds = collections.Counter(re.findall(r"kind=(k[A-Za-z]+)", text))
-    mesh_sizes = {name: int(size) for name, size in mesh.shape.items()}
+    mesh_sizes = {axis: int(n_axis) for axis, n_axis in mesh.shape.items()}
     return {"target": target_name, "mesh": mesh_sizes, **model, "size": size,
             "batch": args.batch,
             "dtype": args.dtype, "remat": args.remat, "overrides": args.set,
@@ -216,9 +216,7 @@ def compile_step(args) -> dict:
             "lower_s": round(lower_s, 1), "compile_s": round(compile_s, 1),
             "stablehlo_lines": lowered.as_text().count("\n"),
             "optimised_hlo_lines": text.count("\n"),
-            "temp_MiB": round(memory.temp_size_in_bytes / MIB),
-            "arg_MiB": round(memory.argument_size_in_bytes / MIB),
-            "out_MiB": round(memory.output_size_in_bytes / MIB),
+            **{k: round(memory[k]) for k in ("temp_MiB", "arg_MiB", "out_MiB")},
             "custom_calls": dict(sorted(calls.items())),
             "fusion_kinds": dict(sorted(kinds.items()))}
 
