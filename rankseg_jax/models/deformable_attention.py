@@ -42,6 +42,42 @@ def _level_constants(spatial_shapes: SpatialShapes) -> tuple[np.ndarray, ...]:
     return hs[:, None], ws[:, None], starts[:, None]
 
 
+def bilinear_corners(x: jax.Array, y: jax.Array, hs, ws, starts=0
+                     ) -> list[tuple[jax.Array, jax.Array]]:
+    """The 4 bilinear taps of grid_sample (zeros padding, align_corners=False) at (x, y).
+
+    x, y: normalised coordinates (same shape, or broadcasting with hs / ws / starts), (0, 0)
+    the top-left corner of a map and (1, 1) its bottom-right one; hs, ws: map heights and
+    widths (ints, or integer arrays broadcasting with x, e.g. [L, 1] per level); starts:
+    where each map begins in the flattened (row-major, concatenated) values.
+    Returns [(flat index int32, weight float32)] for the corners nw, ne, sw, se, each of the
+    broadcast shape: index clipped into the map, weight 0 for a tap outside it (so a
+    weighted sum of the 4 gathered values is grid_sample's value).
+
+    Pixel coordinate (x*w - 0.5, y*h - 0.5), computed in the official float32 operation
+    order: grid = 2*loc - 1 (`ms_deform_attn_func.py:61`), then grid_sample's
+    unnormalisation ((g + 1) * size - 1) / 2; weights as torch's (ix_se - ix) etc.
+    """
+    f32 = jnp.float32
+    hs_f = np.asarray(hs).astype(np.float32)
+    ws_f = np.asarray(ws).astype(np.float32)
+    gx = 2 * x.astype(f32) - 1
+    gy = 2 * y.astype(f32) - 1
+    x = ((gx + 1) * ws_f - 1) / 2
+    y = ((gy + 1) * hs_f - 1) / 2
+    x0 = jnp.floor(x)
+    y0 = jnp.floor(y)
+    x1, y1 = x0 + 1, y0 + 1
+    out = []
+    for cy, wy in ((y0, y1 - y), (y1, y - y0)):
+        for cx, wx in ((x0, x1 - x), (x1, x - x0)):
+            inside = (cx >= 0) & (cx <= ws - 1) & (cy >= 0) & (cy <= hs - 1)
+            cxi = jnp.clip(cx, 0, ws - 1).astype(jnp.int32)
+            cyi = jnp.clip(cy, 0, hs - 1).astype(jnp.int32)
+            out.append((starts + cyi * ws + cxi, jnp.where(inside, wx * wy, 0.0)))
+    return out
+
+
 def ms_deform_attn_core(value: jax.Array, spatial_shapes: SpatialShapes,
                         sampling_locations: jax.Array,
                         attention_weights: jax.Array) -> jax.Array:
@@ -65,27 +101,11 @@ def ms_deform_attn_core(value: jax.Array, spatial_shapes: SpatialShapes,
     if sum(h * w for h, w in spatial_shapes) != s:
         raise ValueError(f"spatial shapes {tuple(spatial_shapes)} do not sum to S={s}")
     hs, ws, starts = _level_constants(spatial_shapes)  # [L, 1] each (broadcast over P)
-    f32 = jnp.float32
-    loc = sampling_locations.astype(f32)
-    # Same float32 operation order as the official path: grid = 2*loc - 1
-    # (ms_deform_attn_func.py:61), then grid_sample's unnormalisation ((g + 1) * size - 1) / 2.
-    gx = 2 * loc[..., 0] - 1
-    gy = 2 * loc[..., 1] - 1
-    x = ((gx + 1) * ws.astype(np.float32) - 1) / 2  # [B, Lq, H, L, P]
-    y = ((gy + 1) * hs.astype(np.float32) - 1) / 2
-    x0 = jnp.floor(x)
-    y0 = jnp.floor(y)
-    x1, y1 = x0 + 1, y0 + 1
-    a = attention_weights.astype(f32)
-    idx, wts = [], []
-    # Corner order nw, ne, sw, se with torch's weights (ix_se - ix) etc.
-    for cy, wy in ((y0, y1 - y), (y1, y - y0)):
-        for cx, wx in ((x0, x1 - x), (x1, x - x0)):
-            inside = (cx >= 0) & (cx <= ws - 1) & (cy >= 0) & (cy <= hs - 1)
-            cxi = jnp.clip(cx, 0, ws - 1).astype(jnp.int32)
-            cyi = jnp.clip(cy, 0, hs - 1).astype(jnp.int32)
-            idx.append(starts + cyi * ws + cxi)
-            wts.append(jnp.where(inside, wx * wy * a, 0.0))
+    loc = sampling_locations.astype(jnp.float32)
+    a = attention_weights.astype(jnp.float32)
+    corners = bilinear_corners(loc[..., 0], loc[..., 1], hs, ws, starts)
+    idx = [i for i, _ in corners]
+    wts = [w * a for _, w in corners]  # = 0 outside the map as before (a is finite)
     k = nl * npt * 4
     # [B, Lq, H, L, P, 4] -> [B, H, Lq, K]: batch and heads lead so the gather is batched.
     idx = jnp.stack(idx, -1).transpose(0, 2, 1, 3, 4, 5).reshape(b, nh, lq, k)
@@ -97,7 +117,7 @@ def ms_deform_attn_core(value: jax.Array, spatial_shapes: SpatialShapes,
     # A batched vector-matrix product over the K taps, at HIGHEST precision so it is exact
     # float32 on every backend whatever the default matmul precision. (Written as multiply +
     # sum instead, XLA:CPU runs it ~60x slower.)
-    out = jnp.einsum("bhqk,bhqkd->bhqd", wts, taps.astype(f32),
+    out = jnp.einsum("bhqk,bhqkd->bhqd", wts, taps.astype(jnp.float32),
                      precision=jax.lax.Precision.HIGHEST)  # [B, H, Lq, Dh]
     return out.transpose(0, 2, 1, 3).reshape(b, lq, nh * dh).astype(value.dtype)
 

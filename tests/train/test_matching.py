@@ -62,6 +62,53 @@ def test_point_sample_matches_numpy_reference():
         point_sampling.point_sample(maps, shared[:2])
 
 
+def _np_point_sample_grad(shape, pts, cot):
+    """d(sum_i cot[i] * sample(m, pts)[i]) / dm for one map of `shape` [H, W] (the sampler is
+    linear in m: each tap scatters its bilinear weight times the cotangent)."""
+    h, w = shape
+    g = np.zeros(shape)
+    for (x, y), c in zip(pts.astype(np.float64), cot, strict=True):
+        px, py = x * w - 0.5, y * h - 0.5
+        x0, y0 = int(np.floor(px)), int(np.floor(py))
+        for cy in (y0, y0 + 1):
+            for cx in (x0, x0 + 1):
+                if 0 <= cx < w and 0 <= cy < h:
+                    g[cy, cx] += (1 - abs(px - cx)) * (1 - abs(py - cy)) * c
+    return g
+
+
+def test_point_sample_gradient_matches_numpy_reference():
+    """The maps' gradient, for points per map (one gather per corner) and points shared by
+    the maps of an image (row gathers), against the adjoint of the NumPy sampler."""
+    rng = np.random.default_rng(3)
+    maps = rng.normal(size=(2, 3, 5, 6)).astype(np.float32)  # [B, Q, H, W]
+    shared = np.stack([_points(rng, 30) for _ in range(2)])  # [B, P, 2]
+    per_map = np.stack([np.stack([_points(rng, 30) for _ in range(3)]) for _ in range(2)])
+    cot = rng.normal(size=(2, 3, 30)).astype(np.float32)
+    grad = jax.jit(jax.grad(lambda m, p: jnp.sum(point_sampling.point_sample(m, p) * cot)),
+                   compiler_options=_FAST)
+    for pts in (shared, per_map):
+        ours = np.asarray(grad(maps, pts))
+        for b in range(2):
+            for q in range(3):
+                p = pts[b] if pts.ndim == 3 else pts[b, q]
+                np.testing.assert_allclose(ours[b, q], _np_point_sample_grad((5, 6), p, cot[b, q]),
+                                           atol=1e-5)
+
+
+def test_point_sample_xy_is_point_sample_with_split_coordinates():
+    rng = np.random.default_rng(4)
+    maps = rng.normal(size=(2, 3, 5, 6)).astype(np.float32)
+    pts = np.stack([_points(rng, 20) for _ in range(2)])  # [B, P, 2]
+    xy = jax.jit(point_sampling.point_sample_xy, compiler_options=_FAST)
+    np.testing.assert_array_equal(np.asarray(xy(maps, pts[..., 0], pts[..., 1])),
+                                  np.asarray(sample(maps, pts)))
+    with pytest.raises(ValueError, match=r"x \(2, 20\) and y \(2, 19\) do not index"):
+        point_sampling.point_sample_xy(maps, pts[..., 0], pts[:, 1:, 1])
+    with pytest.raises(ValueError, match="do not index"):
+        point_sampling.point_sample(maps, pts[..., :1])
+
+
 @pytest.mark.torch
 def test_point_sample_matches_torch_grid_sample():
     torch = pytest.importorskip("torch")

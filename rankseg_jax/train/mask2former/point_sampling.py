@@ -3,9 +3,9 @@
 `point_sample` is detectron2's `point_sample` (`projects/PointRend/point_rend/
 point_features.py:19-42`): `F.grid_sample(maps, 2 * coords - 1, mode="bilinear",
 padding_mode="zeros", align_corners=False)`, i.e. the value at pixel coordinate
-(x * W - 0.5, y * H - 0.5) with zero padding outside the map. It runs on the bilinear
-corner gather of multi-scale deformable attention (one level, one head, unit weights), so the
-corner rule lives in one place.
+(x * W - 0.5, y * H - 0.5) with zero padding outside the map. Its corner rule is the one of
+multi-scale deformable attention (`deformable_attention.bilinear_corners`); its gathers are
+its own, shaped for small memory on TPUs (see `point_sample_xy`).
 
 `importance_coords` is the deterministic half of `get_uncertain_point_coords_with_randomness`
 (`point_features.py:63-116`): given the random candidates and the random fill, keep the most
@@ -22,7 +22,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rankseg_jax.models.deformable_attention import ms_deform_attn_core
+from rankseg_jax.models.deformable_attention import bilinear_corners
 
 # Official sizes (`mask2former/maskformer_model.py:126-155`, config TRAIN_NUM_POINTS,
 # OVERSAMPLE_RATIO, IMPORTANCE_SAMPLE_RATIO).
@@ -40,18 +40,46 @@ def point_sample(maps: jax.Array, coords: jax.Array) -> jax.Array:
     [P, 2], or maps [B, Q, H, W] with coords [B, P, 2] or [B, Q, P, 2]).
     Returns [*lead, P] float32 (computed in float32 whatever the maps' dtype).
     """
-    lead, (h, w) = maps.shape[:-2], maps.shape[-2:]
-    clead, p = coords.shape[:-2], coords.shape[-2]
-    if coords.shape[-1] != 2 or tuple(lead[:len(clead)]) != tuple(clead):
+    if coords.shape[-1:] != (2,):
         raise ValueError(f"coords {coords.shape} do not index maps {maps.shape}")
+    return point_sample_xy(maps, coords[..., 0], coords[..., 1])
+
+
+def point_sample_xy(maps: jax.Array, x: jax.Array, y: jax.Array) -> jax.Array:
+    """`point_sample` with the coordinates as two arrays: x, y [*clead, P] (clead a prefix of
+    maps' leading axes). Returns [*lead, P] float32.
+
+    Written for every backend's memory layout: the maps are flattened to [G, H*W] (one map per
+    point set) or [G, H*W, R] (R maps sharing a point set, gathered as rows of R values), and
+    each of the 4 bilinear corners is one gather with a [G, P] index array. A TPU tiles the two
+    minor dimensions of an array by (8, 128), so a trailing axis of size 1 or 2 (an [.., P, 1]
+    gather index, [.., P, 2] coordinates, [.., P, 4] corners) is stored 64-128x its size; an
+    earlier version sampled through `ms_deform_attn_core` (index [G, 1, 4P, 1]) and its index
+    arrays alone needed ~6 GB per chip for Mask2Former's loss at 1024 points
+    (BENCHMARKS.md, "TPU compile without a TPU").
+    The 4 weighted corners are added in grid_sample's order (nw, ne, sw, se).
+    """
+    lead, (h, w) = maps.shape[:-2], maps.shape[-2:]
+    clead, p = x.shape[:-1], x.shape[-1]
+    if x.shape != y.shape or tuple(lead[:len(clead)]) != tuple(clead):
+        raise ValueError(f"coordinates x {x.shape} and y {y.shape} do not index maps "
+                         f"{maps.shape}")
     rest = lead[len(clead):]
     g, r = math.prod(clead), math.prod(rest)
-    # Shared points: the r maps are the channels of one head (one gather of r-vectors).
     value = maps.astype(jnp.float32).reshape(g, r, h * w)
-    value = value[:, 0, :, None, None] if r == 1 else value.transpose(0, 2, 1)[:, :, None, :]
-    loc = coords.astype(jnp.float32).reshape(g, p, 1, 1, 1, 2)
-    ones = jnp.ones((g, p, 1, 1, 1), jnp.float32)
-    out = ms_deform_attn_core(value, ((h, w),), loc, ones)  # [g, P, r]
+    corners = bilinear_corners(x.reshape(g, p), y.reshape(g, p), h, w)
+    out = None
+    if r == 1:
+        flat = value[:, 0]  # [G, H*W]
+        for idx, weight in corners:
+            term = jnp.take_along_axis(flat, idx, axis=1, mode="clip") * weight  # [G, P]
+            out = term if out is None else out + term
+        return out.reshape(*lead, p)
+    rows = value.transpose(0, 2, 1)  # [G, H*W, R]: the R maps' values of a pixel in a row
+    take_rows = jax.vmap(lambda v, i: jnp.take(v, i, axis=0, mode="clip"))
+    for idx, weight in corners:
+        term = take_rows(rows, idx) * weight[..., None]  # [G, P, R]
+        out = term if out is None else out + term
     return out.transpose(0, 2, 1).reshape(*lead, p)
 
 
