@@ -4,10 +4,12 @@
 `ms_deform_attn_core_pytorch` (`mask2former/modeling/pixel_decoder/ops/functions/
 ms_deform_attn_func.py:52-72`), i.e. `F.grid_sample(2 * loc - 1, mode="bilinear",
 padding_mode="zeros", align_corners=False)` per level and head, weighted by the attention
-weights and summed over levels and points. It is written as ONE gather of the 4 bilinear
-corners of every (level, point) from the level-concatenated value, so it needs no custom
-kernel (CPU, GPU and TPU), memory is O(B * Lq * H * L * P * 4 * Dh) (never a dense
-[Lq, S] matrix) and its gradient is the scatter-add XLA derives for the gather.
+weights and summed over levels and points. It is written as a scan over the (level, point)
+pairs, each step gathering the 4 bilinear corners of every query and head from the
+level-concatenated value, so it needs no custom kernel (CPU, GPU and TPU), its memory is
+O(B * Lq * H * 4 * Dh) per step (never a dense [Lq, S] matrix), the backward pass recomputes
+the corner values as the official CUDA kernel does, and the gradient of the value is the
+scatter-add XLA derives for the gathers.
 
 `MSDeformAttn` is the module around it (`…/ops/modules/ms_deform_attn.py:34-121`).
 
@@ -101,24 +103,40 @@ def ms_deform_attn_core(value: jax.Array, spatial_shapes: SpatialShapes,
     if sum(h * w for h, w in spatial_shapes) != s:
         raise ValueError(f"spatial shapes {tuple(spatial_shapes)} do not sum to S={s}")
     hs, ws, starts = _level_constants(spatial_shapes)  # [L, 1] each (broadcast over P)
-    loc = sampling_locations.astype(jnp.float32)
-    a = attention_weights.astype(jnp.float32)
+    f32 = jnp.float32
+    loc = sampling_locations.astype(f32)
     corners = bilinear_corners(loc[..., 0], loc[..., 1], hs, ws, starts)
-    idx = [i for i, _ in corners]
-    wts = [w * a for _, w in corners]  # = 0 outside the map as before (a is finite)
-    k = nl * npt * 4
-    # [B, Lq, H, L, P, 4] -> [B, H, Lq, K]: batch and heads lead so the gather is batched.
-    idx = jnp.stack(idx, -1).transpose(0, 2, 1, 3, 4, 5).reshape(b, nh, lq, k)
-    wts = jnp.stack(wts, -1).transpose(0, 2, 1, 3, 4, 5).reshape(b, nh, lq, k)
+
+    def by_step(t):  # [B, Lq, H, L, P] -> [L*P, B, H, Lq]: one scan step per (level, point)
+        return t.transpose(3, 4, 0, 2, 1).reshape(nl * npt, b, nh, lq)
+
+    idx = jnp.stack([by_step(i) for i, _ in corners], 1)  # [L*P, 4, B, H, Lq]
+    attn = by_step(attention_weights.astype(f32))
+    wts = jnp.stack([by_step(w) * attn for _, w in corners], 1)  # [L*P, 4, B, H, Lq]
     v = value.transpose(0, 2, 1, 3)  # [B, H, S, Dh]
-    taps = jnp.take_along_axis(v, idx.reshape(b, nh, lq * k, 1), axis=2,
-                               mode="clip")  # [B, H, Lq*K, Dh]
-    taps = taps.reshape(b, nh, lq, k, dh)
-    # A batched vector-matrix product over the K taps, at HIGHEST precision so it is exact
-    # float32 on every backend whatever the default matmul precision. (Written as multiply +
-    # sum instead, XLA:CPU runs it ~60x slower.)
-    out = jnp.einsum("bhqk,bhqkd->bhqd", wts, taps.astype(jnp.float32),
-                     precision=jax.lax.Precision.HIGHEST)  # [B, H, Lq, Dh]
+    take_rows = jax.vmap(jax.vmap(lambda vh, ih: jnp.take(vh, ih, axis=0, mode="clip")))
+
+    # One (level, point) per step, as the official CUDA kernel loops
+    # (`ms_deform_im2col_cuda.cuh`): the 4 corner values [4, B, H, Lq, Dh] of the step,
+    # weighted by bilinear weight x attention weight and summed over the corners.
+    # Checkpointed, so the backward pass recomputes a step's corner values instead of keeping
+    # them, as that kernel does. Gathering all taps at once ([B, H, Lq, L*P*4, Dh], an earlier
+    # version) kept ~1.6 GB per image and layer for the backward pass at Mask2Former's 640²
+    # crops, and a TPU, whose (8, 128) tiles pad the minor Dh = 32 four times, planned 3 GB
+    # more per layer (BENCHMARKS.md, "TPU compile without a TPU"). The corner axis leads
+    # (never minor: a TPU would pad it 32x, and its layout assignment carries the product's
+    # preferred layout back into the scan's inputs: 8.6 G instead of 1.1 G for 6 layers at
+    # 640², 2 images). The corners are summed by a batched product at HIGHEST precision
+    # (exact float32 on every backend); as multiply + sum, XLA:CPU runs the backward pass's
+    # reductions over Dh through a slow library path (1.6x this function's time).
+    @jax.checkpoint
+    def step(acc, xs):
+        idx_s, wts_s = xs  # [4, B, H, Lq] each
+        taps = jnp.stack([take_rows(v, idx_s[c]) for c in range(4)]).astype(f32)
+        return acc + jnp.einsum("cbhq,cbhqd->bhqd", wts_s, taps,
+                                precision=jax.lax.Precision.HIGHEST), None
+
+    out, _ = jax.lax.scan(step, jnp.zeros((b, nh, lq, dh), f32), (idx, wts))
     return out.transpose(0, 2, 1, 3).reshape(b, lq, nh * dh).astype(value.dtype)
 
 
