@@ -54,9 +54,10 @@ def point_sample_xy(maps: jax.Array, x: jax.Array, y: jax.Array) -> jax.Array:
     each of the 4 bilinear corners is one gather with a [G, P] index array. A TPU tiles the two
     minor dimensions of an array by (8, 128), so a trailing axis of size 1 or 2 (an [.., P, 1]
     gather index, [.., P, 2] coordinates, [.., P, 4] corners) is stored 64-128x its size; an
-    earlier version sampled through `ms_deform_attn_core` (index [G, 1, 4P, 1]) and its index
-    arrays alone needed ~6 GB per chip for Mask2Former's loss at 1024 points
-    (BENCHMARKS.md, "TPU compile without a TPU").
+    earlier version sampled through `ms_deform_attn_core` (index [G, 1, 4P, 1]), and
+    Mask2Former's criterion then planned 36.5 G on a v5e chip for one 320² image at the
+    official 12544 points, 1.7 GiB with these gathers (BENCHMARKS.md, "TPU compile without a
+    TPU").
     The 4 weighted corners are added in grid_sample's order (nw, ne, sw, se).
     """
     lead, (h, w) = maps.shape[:-2], maps.shape[-2:]
