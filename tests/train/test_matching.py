@@ -20,18 +20,20 @@ assign = jax.jit(matching.assign, compiler_options=_FAST)
 pairwise = jax.jit(matching.pairwise_mask_costs, compiler_options=_FAST)
 
 
+def _np_taps(shape, x, y):
+    """The in-map bilinear taps (row, column, weight) of normalised point (x, y) on a map of
+    `shape` [H, W], from grid_sample's definition (align_corners=False, zeros outside)."""
+    h, w = shape
+    px, py = float(x) * w - 0.5, float(y) * h - 0.5
+    x0, y0 = int(np.floor(px)), int(np.floor(py))
+    return [(cy, cx, (1 - abs(px - cx)) * (1 - abs(py - cy)))
+            for cy in (y0, y0 + 1) for cx in (x0, x0 + 1) if 0 <= cx < w and 0 <= cy < h]
+
+
 def _np_point_sample(m, pts):
     """grid_sample(bilinear, zeros, align_corners=False) of one map [H, W] at points [P, 2]."""
-    h, w = m.shape
-    out = np.zeros(len(pts))
-    for i, (x, y) in enumerate(pts.astype(np.float64)):
-        px, py = x * w - 0.5, y * h - 0.5
-        x0, y0 = int(np.floor(px)), int(np.floor(py))
-        for cy in (y0, y0 + 1):
-            for cx in (x0, x0 + 1):
-                if 0 <= cx < w and 0 <= cy < h:
-                    out[i] += (1 - abs(px - cx)) * (1 - abs(py - cy)) * m[cy, cx]
-    return out
+    return np.array([sum(wt * m[cy, cx] for cy, cx, wt in _np_taps(m.shape, x, y))
+                     for x, y in pts.astype(np.float64)])
 
 
 def _points(rng, n):
@@ -65,15 +67,10 @@ def test_point_sample_matches_numpy_reference():
 def _np_point_sample_grad(shape, pts, cot):
     """d(sum_i cot[i] * sample(m, pts)[i]) / dm for one map of `shape` [H, W] (the sampler is
     linear in m: each tap scatters its bilinear weight times the cotangent)."""
-    h, w = shape
     g = np.zeros(shape)
     for (x, y), c in zip(pts.astype(np.float64), cot, strict=True):
-        px, py = x * w - 0.5, y * h - 0.5
-        x0, y0 = int(np.floor(px)), int(np.floor(py))
-        for cy in (y0, y0 + 1):
-            for cx in (x0, x0 + 1):
-                if 0 <= cx < w and 0 <= cy < h:
-                    g[cy, cx] += (1 - abs(px - cx)) * (1 - abs(py - cy)) * c
+        for cy, cx, wt in _np_taps(shape, x, y):
+            g[cy, cx] += wt * c
     return g
 
 
