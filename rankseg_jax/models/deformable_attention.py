@@ -104,8 +104,8 @@ def ms_deform_attn_core(value: jax.Array, spatial_shapes: SpatialShapes,
         raise ValueError(f"spatial shapes {tuple(spatial_shapes)} do not sum to S={s}")
     hs, ws, starts = _level_constants(spatial_shapes)  # [L, 1] each (broadcast over P)
     f32 = jnp.float32
-    loc = sampling_locations.astype(f32)
-    corners = bilinear_corners(loc[..., 0], loc[..., 1], hs, ws, starts)
+    corners = bilinear_corners(sampling_locations[..., 0], sampling_locations[..., 1], hs, ws,
+                               starts)  # float32 whatever the locations' dtype
 
     def by_step(t):  # [B, Lq, H, L, P] -> [L*P, B, H, Lq]: one scan step per (level, point)
         return t.transpose(3, 4, 0, 2, 1).reshape(nl * npt, b, nh, lq)
@@ -117,18 +117,18 @@ def ms_deform_attn_core(value: jax.Array, spatial_shapes: SpatialShapes,
     take_rows = jax.vmap(jax.vmap(lambda vh, ih: jnp.take(vh, ih, axis=0, mode="clip")))
 
     # One (level, point) per step, as the official CUDA kernel loops
-    # (`ms_deform_im2col_cuda.cuh`): the 4 corner values [4, B, H, Lq, Dh] of the step,
-    # weighted by bilinear weight x attention weight and summed over the corners.
-    # Checkpointed, so the backward pass recomputes a step's corner values instead of keeping
-    # them, as that kernel does. Gathering all taps at once ([B, H, Lq, L*P*4, Dh], an earlier
-    # version) kept ~1.6 GB per image and layer for the backward pass at Mask2Former's 640²
-    # crops, and a TPU, whose (8, 128) tiles pad the minor Dh = 32 four times, planned 3 GB
-    # more per layer (BENCHMARKS.md, "TPU compile without a TPU"). The corner axis leads
-    # (never minor: a TPU would pad it 32x, and its layout assignment carries the product's
-    # preferred layout back into the scan's inputs: 8.6 G instead of 1.1 G for 6 layers at
-    # 640², 2 images). The corners are summed by a batched product at HIGHEST precision
-    # (exact float32 on every backend); as multiply + sum, XLA:CPU runs the backward pass's
-    # reductions over Dh through a slow library path (1.6x this function's time).
+    # (`ms_deform_im2col_cuda.cuh`): the 4 corner values [4, B, H, Lq, Dh] of the step, weighted
+    # by bilinear weight x attention weight and summed over the corners. Checkpointed, so the
+    # backward pass recomputes a step's corner values instead of keeping them, as that kernel
+    # does. Gathering all taps at once ([B, H, Lq, L*P*4, Dh], an earlier version) kept 0.4 GB
+    # per image and layer (float32) for the backward pass at Mask2Former's 640² crops, and a
+    # TPU, whose (8, 128) tiles pad the minor Dh = 32 four times, added padded copies of 2-3 GB
+    # per 2 images (BENCHMARKS.md, "TPU compile without a TPU"). The corner axis leads (never
+    # minor: a TPU would pad it 32x, and its layout assignment carries the product's preferred
+    # layout back into the scan's inputs: 8.6 G instead of 1.1 G for 6 layers at 640², 2
+    # images). The corners are summed by a batched product at HIGHEST precision (exact float32
+    # on every backend); as multiply + sum, XLA:CPU runs the backward pass's reductions over Dh
+    # through a slow library path (1.6x this function's time).
     @jax.checkpoint
     def step(acc, xs):
         idx_s, wts_s = xs  # [4, B, H, Lq] each
