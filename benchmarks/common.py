@@ -226,6 +226,32 @@ def git_commit() -> str:
         return "unknown"
 
 
+def cpu_model() -> str:
+    """The host CPU as /proc/cpuinfo names it, with its family and model numbers.
+
+    Returns e.g. "AMD EPYC, family 26 model 2 (x86_64)". The numbers matter: 2-core
+    machines that all call themselves "AMD EPYC" ran this project's train step up to 1.5x
+    apart (BENCHMARKS.md), so a CPU timing compares only with one on the same family/model.
+    Falls back to `platform.processor()` where /proc/cpuinfo is missing (macOS).
+    """
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break  # the first processor's block is enough
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+    except OSError:
+        pass
+    arch = platform.machine()
+    if "model name" not in fields:
+        return platform.processor() or arch
+    family = f", family {fields['cpu family']} model {fields['model']}" \
+        if "cpu family" in fields and "model" in fields else ""
+    return f"{fields['model name']}{family} ({arch})"
+
+
 def environment() -> dict:
     """Device, versions, date and git revision for the report header."""
     import flax
@@ -235,7 +261,7 @@ def environment() -> dict:
     rev = git_commit()
     dev = jax.devices()[0]
     return {"device": f"{dev.platform}:{dev.device_kind} x{jax.device_count()}",
-            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "cpu": cpu_model(), "cores": os.cpu_count(),
             "python": platform.python_version(), "jax": jax.__version__,
             "jaxlib": jaxlib.__version__, "flax": flax.__version__,
             "date": datetime.date.today().isoformat(), "git": rev}

@@ -51,12 +51,12 @@ def trace_steps(a, trace_dir: str) -> tuple[float, str]:
     from rankseg_jax import sharding
     from rankseg_jax.train import step as train_step
 
-    c = build_config(a.preset, a.size, a.k, a.kappa, 1, "float32", False, tuple(a.set))
+    c = build_config(a.preset, a.size, a.k, a.kappa, a.batch, "float32", False, tuple(a.set))
     mesh = sharding.make_mesh(c, jax.devices()[:1])
     setup = train_step.make_setup(c, mesh)
     state = train_step.init_state(setup)
     bs = sharding.batch_sharding(mesh)
-    data = {n: jax.device_put(v, bs) for n, v in synthetic_batch(c, a.size, 1).items()}
+    data = {n: jax.device_put(v, bs) for n, v in synthetic_batch(c, a.size, a.batch).items()}
     key = jax.device_put(jax.random.PRNGKey(0), sharding.replicated(mesh))
     compiled = train_step.make_train_step(setup).lower(state, data, key).compile()
     for _ in range(2):
@@ -84,7 +84,7 @@ TORCH_MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm",
 
 
 def profile_official(a) -> dict:
-    """The official step (the stand-in of `official_torch.py`) at batch 1 under
+    """The official step (the stand-in of `official_torch.py`) at batch `a.batch` under
     torch.profiler: {'step_ms' (median untraced), 'ops': [{'op', 'self_ms', 'calls'}] per
     step, sorted by self time}."""
     import official_torch
@@ -96,8 +96,8 @@ def profile_official(a) -> dict:
     kind = "rankseg" if a.kappa else "baseline"
     model = official_torch.build_preset(a.preset, kind, a.size, a.k, a.kappa or 50)
     optimizer = official_torch.make_optimizer(model)
-    image = torch.randn(1, 3, a.size, a.size)
-    label = torch.randint(0, a.k, (1, a.size, a.size))
+    image = torch.randn(a.batch, 3, a.size, a.size)
+    label = torch.randint(0, a.k, (a.batch, a.size, a.size))
     run = lambda i: official_torch.train_step(model, optimizer, image, label, i, 10**6)  # noqa: E731
     for i in range(2):
         run(i)
@@ -172,6 +172,7 @@ def analyse(trace_dir: str, traced: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_step_arguments(ap)
+    ap.add_argument("--batch", type=int, default=1, help="images per step (both sides)")
     ap.add_argument("--steps", type=int, default=5, help="timed (untraced) steps")
     ap.add_argument("--traced", type=int, default=3)
     ap.add_argument("--top", type=int, default=20)
