@@ -21,6 +21,10 @@ Variants (cumulative, named by what they add):
                largest mesh needs (`--xla_force_host_platform_device_count`). The other
                variants run on the first device alone.
 
+XLA:CPU's multi-output fusion, the project's other CPU flag, is an XLA_FLAGS-only option (no
+per-compile setting exists), so it is process-wide here: every variant gets it, unless
+`--no_multi_output_fusion` leaves it out of the whole run (it must not be in XLA_FLAGS then).
+
 Each variant's optimised HLO is fingerprinted (a hash of its text, printed with the compile
 time), so an option that leaves the HLO unchanged shows as such. Options that act below HLO
 (LLVM code generation, e.g. `xla_cpu_ftz`) can change the machine code under the same
@@ -147,10 +151,20 @@ def main() -> None:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for every variant, e.g. model.vit.depth=2")
+    ap.add_argument("--no_multi_output_fusion", action="store_true",
+                    help="leave XLA:CPU's multi-output fusion off in every variant")
     a = ap.parse_args()
+    from rankseg_jax import runtime
+
     flags = os.environ.get("XLA_FLAGS", "")
     if "ynn_fusion_type" in flags:
         sys.exit("unset XLA_FLAGS' ynn_fusion_type: the variants set it per compile")
+    if "xla_backend_extra_options" in flags:
+        sys.exit("unset XLA_FLAGS' xla_backend_extra_options: this script sets it "
+                 "(see --no_multi_output_fusion)")
+    if not a.no_multi_output_fusion:
+        flags = f"{flags} {runtime.MULTI_OUTPUT_FUSION_FLAG}".strip()
+        os.environ["XLA_FLAGS"] = flags  # read once, when jax initialises its CPU backend
     names = a.variants.split(",")
     devices = devices_needed(names)
     if devices > 1:

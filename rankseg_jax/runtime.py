@@ -7,13 +7,23 @@ it keeps compiled programs. Callers: `rankseg_jax/cli.py` (`main.py`), `benchmar
 they call these functions themselves.
 
 * `configure_cpu_flags()` must run before jax initialises its backend (the first array,
-  device query or compile): `XLA_FLAGS` is read once, then. It adds
-  `--xla_cpu_experimental_ynn_fusion_type=dot` unless the user already set that flag in
-  `XLA_FLAGS`. XLA:CPU otherwise hands whole fusions (the full-resolution bilinear resize
-  of the mask logits feeding the class-axis softmax / log-softmax reductions) to a library
-  kernel (YNNPACK) that runs them several times slower than XLA's own loops; with `dot`,
-  the library gets plain matmuls only. Float32 results stay within rounding of each other.
-  Measured on a 2-core CPU: `BENCHMARKS.md`, "CPU speed: interleaved A/B".
+  device query or compile): `XLA_FLAGS` is read once, then. It adds two flags, each unless
+  the user already set a flag of that name in `XLA_FLAGS`:
+  - `--xla_cpu_experimental_ynn_fusion_type=dot`. XLA:CPU otherwise hands whole fusions
+    (the full-resolution bilinear resize of the mask logits feeding the class-axis
+    softmax / log-softmax reductions) to a library kernel (YNNPACK) that runs them several
+    times slower than XLA's own loops; with `dot`, the library gets plain matmuls only.
+    Float32 results stay within rounding of each other. `BENCHMARKS.md`, "CPU speed:
+    interleaved A/B".
+  - `--xla_backend_extra_options=xla_cpu_use_multi_output_fusion` (an XLA:CPU option that
+    only this flag reaches, not a per-compile option). Without it, XLA:CPU fuses the
+    residual stream's gradient, a chain of adds over the layers above, into each of its
+    consumers separately (the transposed copy a weight-gradient matmul reads, the bias
+    reductions, the next layer's sum) and recomputes the whole chain in every one of them:
+    fusions of up to 150 operands, 22% of a ViT-S step at batch 8. With multi-output
+    fusion the chain is computed once per layer. The ViT-S/16 RankSeg step: -9% at batch 1,
+    -20% at batch 8, compile -25%; the values are the same computation, grouped
+    differently. `BENCHMARKS.md`, "CPU speed: multi-output fusion".
 * `enable_compilation_cache(path)` (the CLI: `--compilation_cache_dir`, default
   `~/.cache/rankseg_jax/xla`, `cache_dir_setting`) turns on JAX's persistent compilation
   cache (an LRU directory, capped at `max_bytes`), so a restarted run loads its compiled
@@ -28,7 +38,10 @@ import importlib.util
 import os
 
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
-CPU_FLAGS = (f"{YNN_FLAG}=dot",)
+# A presence flag of XLA:CPU's backend options (no value). Settable only through XLA_FLAGS:
+# the per-compile options refuse it.
+MULTI_OUTPUT_FUSION_FLAG = "--xla_backend_extra_options=xla_cpu_use_multi_output_fusion"
+CPU_FLAGS = (f"{YNN_FLAG}=dot", MULTI_OUTPUT_FUSION_FLAG)
 DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "rankseg_jax", "xla")
 DEFAULT_CACHE_MAX_BYTES = 4 * 2**30
 CACHE_ENV = "RANKSEG_JAX_COMPILATION_CACHE_DIR"

@@ -124,8 +124,11 @@ def test_remat_gives_the_same_values_and_gradients():
         value, grad = nnx.jit(nnx.value_and_grad(loss))(model)
         grads.append((value, jax.tree.leaves(nnx.state(grad, nnx.Param))))
     np.testing.assert_allclose(grads[0][0], grads[1][0], rtol=1e-6)
+    # Two programs, two float32 summation orders (XLA fuses them differently): the
+    # tolerance is rounding at the scale of each gradient, not of its smallest entries.
     for g0, g1 in zip(grads[0][1], grads[1][1], strict=True):
-        np.testing.assert_allclose(g0, g1, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(g0, g1, rtol=1e-5,
+                                   atol=max(1e-6, 2e-6 * float(np.abs(g0).max())))
 
 
 def test_relative_position_index_and_shift_mask():

@@ -1,6 +1,8 @@
 """The speed changes keep the numbers: one-pass loss + accuracy, rbg dropout keys, and the
 process settings of `rankseg_jax/runtime.py`."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -89,12 +91,28 @@ def test_cpu_flags_are_added_once_and_never_override_the_user():
     assert env["XLA_FLAGS"] == " ".join(runtime.CPU_FLAGS)
     assert runtime.configure_cpu_flags(env) == []  # already there
     user = {"XLA_FLAGS": f"--xla_dump_to=/tmp/x {runtime.YNN_FLAG}=dot,reduce"}
-    assert runtime.configure_cpu_flags(user) == []
-    assert user["XLA_FLAGS"] == f"--xla_dump_to=/tmp/x {runtime.YNN_FLAG}=dot,reduce"
+    assert runtime.configure_cpu_flags(user) == [runtime.MULTI_OUTPUT_FUSION_FLAG]
+    assert user["XLA_FLAGS"] == (f"--xla_dump_to=/tmp/x {runtime.YNN_FLAG}=dot,reduce "
+                                 f"{runtime.MULTI_OUTPUT_FUSION_FLAG}")
     other = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
     runtime.configure_cpu_flags(other)
     assert other["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=8",
                                           *runtime.CPU_FLAGS]
+    # The user's own backend options are kept whole; only the YNN flag is added.
+    extra = {"XLA_FLAGS": "--xla_backend_extra_options=xla_cpu_disable_loop_unrolling"}
+    assert runtime.configure_cpu_flags(extra) == [f"{runtime.YNN_FLAG}=dot"]
+    assert extra["XLA_FLAGS"].split()[0] == \
+        "--xla_backend_extra_options=xla_cpu_disable_loop_unrolling"
+
+
+def test_cpu_flags_reach_this_process_compiler():
+    """The suite runs under the project's flags (tests/conftest.py), both of them."""
+    assert runtime.MULTI_OUTPUT_FUSION_FLAG in runtime.CPU_FLAGS
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    if any(f.startswith("--xla_backend_extra_options=") for f in flags
+           if f != runtime.MULTI_OUTPUT_FUSION_FLAG):
+        pytest.skip("XLA_FLAGS sets its own backend options")
+    assert runtime.MULTI_OUTPUT_FUSION_FLAG in flags
 
 
 def test_cache_dir_setting_precedence(monkeypatch):
