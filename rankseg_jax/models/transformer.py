@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rankseg_jax.models import random_bits
+
 Initializer = Callable[..., jax.Array]
 
 
@@ -81,7 +83,7 @@ def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
     """Inverted dropout; identity when rng is None or rate == 0."""
     if rng is None or rate == 0.0:
         return x
-    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+    keep = random_bits.bernoulli(rng, 1.0 - rate, x.shape)  # = jax.random.bernoulli
     return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
 
@@ -90,7 +92,7 @@ def drop_path(x: jax.Array, rate: float | jax.Array, rng: jax.Array | None) -> j
     `rate` may be traced (a scanned stack of blocks passes each block's rate)."""
     if rng is None or (isinstance(rate, (int, float)) and rate == 0.0):
         return x
-    keep = jax.random.bernoulli(rng, 1.0 - rate, (x.shape[0],) + (1,) * (x.ndim - 1))
+    keep = random_bits.bernoulli(rng, 1.0 - rate, (x.shape[0],) + (1,) * (x.ndim - 1))
     return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
 
