@@ -7,18 +7,18 @@ passes over the whole counter arrays: for the attention dropout of RankSeg's `tr
 block at K = 847 that is 6 x 911 x 911 counters, ~10 ns per mask element. On GPU and TPU
 jax already emits the hash unrolled. `bernoulli` below emits the unrolled hash from `jnp`
 operations, so XLA fuses counters, hash, comparison and the dropout's select into one loop:
-the ViT-S/16 RankSeg train step at K = 847 runs 7% faster on a 2-core CPU
+the ViT-S/16 RankSeg train step at K = 847 runs 9% faster on a 2-core CPU
 (`BENCHMARKS.md`, "CPU speed: multi-output fusion and one-pass dropout bits").
 
 The bits are exactly those of jax's partitionable threefry (`jax_threefry_partitionable`,
-on by default since jax 0.5): the counters are the element's flat index as (high, low)
-uint32 words, bits = y1 ^ y2 of (y1, y2) = Threefry-2x32(key, counters), and keep =
-uniform < p with jax's mantissa construction of the uniform (`jax/_src/random/core.py`,
-`_uniform`, `_bernoulli`). So dropout masks, and with them every training run, are the
-same as with `jax.random.bernoulli` (`tests/models/test_random_bits.py` checks equality).
-Keys of another implementation (`train.dropout_prng='rbg'`), partitionable threefry
-switched off, float64 probabilities or arrays of 2**32 elements and more go to
-`jax.random.bernoulli` itself.
+on by default in the jax versions this project supports): the counters are the element's
+flat index as (high, low) uint32 words, bits = y1 ^ y2 of (y1, y2) = Threefry-2x32(key,
+counters), and keep = uniform < p with jax's mantissa construction of a float32 uniform
+(`jax/_src/random/core.py`, `_uniform`, `_bernoulli`). So dropout masks, and with them
+every training run, are the same as with `jax.random.bernoulli`
+(`tests/models/test_random_bits.py` checks equality). Keys of another implementation
+(`train.dropout_prng='rbg'`), partitionable threefry switched off, scalar shapes and arrays
+of 2**32 elements or more go to `jax.random.bernoulli` itself.
 """
 
 from __future__ import annotations
