@@ -23,8 +23,8 @@ they call these functions themselves.
     fusions of up to 140 operands, 22% of a ViT-S step at batch 8. With multi-output
     fusion the chain is computed once per layer. The ViT-S/16 RankSeg step: -10% at
     batch 1, -21% at batch 8, compile -24%; float32 results stay within rounding (fused
-    sums may add in another order). `BENCHMARKS.md`, "CPU speed: multi-output fusion and one-pass dropout
-    bits".
+    sums may add in another order). `BENCHMARKS.md`, "CPU speed: multi-output fusion
+    and one-pass dropout bits".
 * `enable_compilation_cache(path)` (the CLI: `--compilation_cache_dir`, default
   `~/.cache/rankseg_jax/xla`, `cache_dir_setting`) turns on JAX's persistent compilation
   cache (an LRU directory, capped at `max_bytes`), so a restarted run loads its compiled
