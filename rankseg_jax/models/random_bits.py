@@ -69,11 +69,12 @@ def _threefry_words(key: jax.Array) -> jax.Array | None:
     return None
 
 
-def random_bits32(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """uint32 bits of `shape`, equal to `jax.random.bits(key, shape)` under partitionable
-    threefry (the caller checks the key, the flag and that the size is below 2**32)."""
-    words = _threefry_words(key)
-    # Flat row-major index; its high word is 0 below 2**32 elements.
+def _bits_from_words(words: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """uint32 bits of `shape` from threefry key data `words` [2] (size below 2**32)."""
+    # The flat row-major index, built from one broadcasted iota per axis rather than
+    # iota(size).reshape(shape): like jax's `iota_2x32_shape`, this form lets the SPMD
+    # partitioner give each device only its own slice of the counters. Its high word is 0
+    # below 2**32 elements.
     low = jnp.zeros(shape, jnp.uint32)
     stride = 1
     for axis in reversed(range(len(shape))):
@@ -81,6 +82,16 @@ def random_bits32(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
         stride *= shape[axis]
     y1, y2 = threefry2x32(words[0], words[1], jnp.zeros(shape, jnp.uint32), low)
     return y1 ^ y2
+
+
+def random_bits32(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """uint32 bits of `shape` (below 2**32 elements), equal to `jax.random.bits(key, shape)`
+    under partitionable threefry. key: a threefry key, raw uint32 [2] or typed."""
+    words = _threefry_words(key)
+    if words is None:
+        raise ValueError(f"random_bits32 takes a threefry key (raw uint32 [2] or typed); "
+                         f"got dtype {key.dtype}, shape {key.shape}")
+    return _bits_from_words(words, tuple(shape))
 
 
 def bernoulli(key: jax.Array, p: float | jax.Array, shape: tuple[int, ...]) -> jax.Array:
@@ -92,11 +103,12 @@ def bernoulli(key: jax.Array, p: float | jax.Array, shape: tuple[int, ...]) -> j
     """
     shape = tuple(int(d) for d in shape)
     p = jnp.asarray(p, jnp.float32)
-    fast = (_threefry_words(key) is not None and jax.config.jax_threefry_partitionable
+    words = _threefry_words(key)
+    fast = (words is not None and jax.config.jax_threefry_partitionable
             and len(shape) > 0 and math.prod(shape) < 2**32)
     if not fast:
         return jax.random.bernoulli(key, p, shape)
-    bits = random_bits32(key, shape)
+    bits = _bits_from_words(words, shape)
     # jax's uniform in [0, 1): 23 random mantissa bits under the exponent of 1.0, minus 1.
     mantissa = (bits >> np.uint32(32 - 23)) | np.array(1.0, np.float32).view(np.uint32)
     uniform = jax.lax.bitcast_convert_type(mantissa, jnp.float32) - np.float32(1.0)

@@ -26,6 +26,12 @@ def test_bits_equal_jax_bits():
                                   jax.random.bits(key, (33, 65), jnp.uint32))
 
 
+def test_bits_refuse_other_keys():
+    key = jax.random.wrap_key_data(jnp.arange(4, dtype=jnp.uint32), impl="rbg")
+    with pytest.raises(ValueError, match="threefry key"):
+        random_bits.random_bits32(key, (3,))
+
+
 def test_traced_probability_matches():
     """drop_path in a scanned stack passes its rate as a traced scalar."""
     key = jax.random.PRNGKey(7)
