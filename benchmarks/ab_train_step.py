@@ -15,6 +15,11 @@ Variants (cumulative, named by what they add):
   opt:K=V[+K2=V2]  the project's defaults (`+acc`) plus XLA compile options (DebugOptions
                field names; enum values by name, booleans as true/false), e.g.
                `opt:xla_cpu_enable_concurrency_optimized_scheduler=false`.
+  undo:NAME[+NAME2]  the project's defaults without one of its program-level CPU
+               workarounds, as they were before it: `norm-matmul` (the step's global norms
+               as optax's reductions on every backend, `train/optim.py: tree_norm`) or
+               `scale-barrier` (the attention-dropout logits scaled inside the q.k
+               product's fusion, `models/transformer.py: Attention`).
   mesh:AXIS=N[+AXIS2=N2]  the project's defaults on a mesh of virtual CPU devices, e.g.
                `mesh:data=2` (data parallel over 2 devices; the batch must divide) or
                `mesh:tensor=2`; the script asks XLA:CPU for as many host devices as the
@@ -91,6 +96,51 @@ def _parse_mesh(text: str) -> dict:
     return sizes
 
 
+UNDO = ("norm-matmul", "scale-barrier")
+
+
+def _parse_undo(text: str) -> set[str]:
+    """'norm-matmul+scale-barrier' -> the set of workarounds to leave out."""
+    names = set(text.split("+"))
+    unknown = names - set(UNDO)
+    if unknown:
+        raise SystemExit(f"unknown workaround(s) {sorted(unknown)} in variant 'undo:{text}' "
+                         f"(known: {', '.join(UNDO)})")
+    return names
+
+
+class _Undo:
+    """Context manager: while the step is traced, replace the named workarounds by what
+    the code did before them (restored on exit)."""
+
+    def __init__(self, names: set[str]):
+        self.names = names
+
+    def __enter__(self):
+        import jax
+        import jax.numpy as jnp
+        import optax
+
+        from rankseg_jax.train import optim
+
+        self.saved = optim.tree_norm, jax.lax.optimization_barrier
+        if "norm-matmul" in self.names:
+            optim.tree_norm = lambda tree: optax.global_norm(
+                jax.tree.map(lambda x: x.astype(jnp.float32), tree))
+        if "scale-barrier" in self.names:
+            # The barrier's only use in the step is the attention-dropout logits.
+            jax.lax.optimization_barrier = lambda x: x
+        return self
+
+    def __exit__(self, *exc):
+        import jax
+
+        from rankseg_jax.train import optim
+
+        optim.tree_norm, jax.lax.optimization_barrier = self.saved
+        return False
+
+
 def devices_needed(names: list[str]) -> int:
     """The most devices any variant's mesh needs (1 without mesh: variants)."""
     return max([math.prod(_parse_mesh(n[5:]).values()) for n in names if n.startswith("mesh:")]
@@ -104,9 +154,11 @@ def compile_variant(name: str, a) -> tuple:
     from rankseg_jax.train import losses
     from rankseg_jax.train import step as train_step
 
-    extra, mesh_sizes = {}, {}
+    extra, mesh_sizes, undo = {}, {}, set()
     if name.startswith("opt:"):
         index, extra = 2, _parse_options(name[4:])
+    elif name.startswith("undo:"):
+        index, undo = 2, _parse_undo(name[5:])
     elif name.startswith("mesh:"):
         index, mesh_sizes = 2, _parse_mesh(name[5:])
     else:
@@ -128,7 +180,8 @@ def compile_variant(name: str, a) -> tuple:
         losses.cross_entropy_and_accuracy = patched
     try:
         t = time.perf_counter()
-        lowered = step_fn.lower(state, data, key)
+        with _Undo(undo):
+            lowered = step_fn.lower(state, data, key)
     finally:
         losses.cross_entropy_and_accuracy = original
     # Per-compile DebugOptions take enum names, not the XLA_FLAGS spelling.

@@ -1,4 +1,4 @@
-"""The benchmarks' option parsing: ab_train_step's `mesh:` variants and vs_official's
+"""The benchmarks' option parsing: ab_train_step's `mesh:` and `undo:` variants and vs_official's
 `--ours_python` fail with a message naming the bad part, before anything is compiled."""
 
 import pathlib
@@ -26,6 +26,24 @@ def test_a_bad_mesh_variant_names_its_part(text, bad):
     message = f"bad mesh size '{bad}' in variant 'mesh:{text}'"
     with pytest.raises(SystemExit, match=re.escape(message)):
         ab._parse_mesh(text)
+
+
+def test_undo_variants_swap_the_workarounds_in_and_back():
+    import jax
+    import numpy as np
+
+    from rankseg_jax.train import optim
+    with pytest.raises(SystemExit, match=re.escape("unknown workaround(s) ['norm'] in "
+                                                   "variant 'undo:norm'")):
+        ab._parse_undo("norm")
+    names = ab._parse_undo("norm-matmul+scale-barrier")
+    norm, barrier = optim.tree_norm, jax.lax.optimization_barrier
+    tree = {"w": np.arange(4096, dtype=np.float32) / 4096}
+    with ab._Undo(names):
+        assert optim.tree_norm is not norm and jax.lax.optimization_barrier is not barrier
+        np.testing.assert_allclose(optim.tree_norm(tree), norm(tree), rtol=1e-6)
+        assert jax.lax.optimization_barrier(tree) is tree
+    assert optim.tree_norm is norm and jax.lax.optimization_barrier is barrier
 
 
 def test_vs_official_refuses_an_ours_python_that_is_not_executable(tmp_path):
