@@ -254,8 +254,8 @@ def tree_norm(tree: Mapping) -> jax.Array:
     0.10, on for every float reduction, no flag) turns `sum(x * x)` into an elementwise
     square, a reduce-window over blocks of 32 and a final reduce, three passes of mostly
     scalar code per leaf. The train step takes three global norms (gradient, parameters,
-    optimizer state) of ~150 leaves each; on the ViT-S/16 step at K = 847 that cost ~50 ms
-    of thread time per step, and the matrix-product form ~5x less (BENCHMARKS.md).
+    optimizer state) of ~150 leaves each: ~75 ms of thread time in the ViT-S/16 step at
+    K = 847; the matrix-product form is ~5x faster (BENCHMARKS.md).
     """
     leaves = [x.astype(jnp.float32) for x in jax.tree.leaves(tree)]
     if jax.default_backend() != "cpu":
