@@ -125,7 +125,7 @@ class _Undo:
 
         self.saved = optim.tree_norm, jax.lax.optimization_barrier
         if "norm-matmul" in self.names:
-            optim.tree_norm = lambda tree: optax.global_norm(
+            optim.tree_norm = lambda tree, platform=None: optax.global_norm(
                 jax.tree.map(lambda x: x.astype(jnp.float32), tree))
         if "scale-barrier" in self.names:
             # The barrier's only use in the step is the attention-dropout logits.

@@ -184,14 +184,15 @@ def scale_tree(scale_tree_) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda p: optax.EmptyState(), update_fn)
 
 
-def clip_by_global_norm_torch(max_norm: float) -> optax.GradientTransformation:
+def clip_by_global_norm_torch(max_norm: float,
+                              platform: str | None = None) -> optax.GradientTransformation:
     """torch `clip_grad_norm_(params, max_norm)`: g <- g * min(1, max_norm / (||g|| + 1e-6)),
-    ||g|| the global L2 norm (float32). (optax's clip uses max_norm / ||g|| without the 1e-6
-    and leaves norms below max_norm untouched.)"""
+    ||g|| the global L2 norm (float32; `tree_norm`, for the devices of `platform`). (optax's
+    clip uses max_norm / ||g|| without the 1e-6 and leaves norms below max_norm untouched.)"""
 
     def update_fn(updates, state, params=None):
         del params
-        coef = jnp.minimum(1.0, max_norm / (tree_norm(updates) + 1e-6))
+        coef = jnp.minimum(1.0, max_norm / (tree_norm(updates, platform) + 1e-6))
         return jax.tree.map(lambda g: g * coef.astype(g.dtype), updates), state
 
     return optax.GradientTransformation(lambda p: optax.EmptyState(), update_fn)
@@ -200,8 +201,11 @@ def clip_by_global_norm_torch(max_norm: float) -> optax.GradientTransformation:
 # --------------------------------------------------------------------------- optimizer
 
 
-def make_optimizer(config: mlc.ConfigDict, params) -> optax.GradientTransformation:
+def make_optimizer(config: mlc.ConfigDict, params,
+                   platform: str | None = None) -> optax.GradientTransformation:
     """The optax transformation for `params` (pure nested dict; only shapes/paths are used).
+    platform: of the devices it will run on ('cpu', 'gpu', 'tpu'; None: jax's default
+    backend), for the form of the clipping norm (`tree_norm`).
 
     sgd:   [clip] -> coupled L2 (per-param wd) -> trace(momentum) -> -lr -> [lr mult]
     adamw: [clip] -> adam moments -> decoupled wd (per-param) -> -lr -> [lr mult]
@@ -214,7 +218,7 @@ def make_optimizer(config: mlc.ConfigDict, params) -> optax.GradientTransformati
     decay = _decay_tree(config, params)
     parts = []
     if o.clip_grad_norm > 0:
-        parts.append(clip_by_global_norm_torch(o.clip_grad_norm))
+        parts.append(clip_by_global_norm_torch(o.clip_grad_norm, platform))
     if o.name == "sgd":
         parts.append(add_decayed_weights_tree(decay))
         parts.append(optax.sgd(schedule, momentum=o.momentum or None))
@@ -246,8 +250,11 @@ def check_config(config: mlc.ConfigDict) -> None:
             raise ValueError(f"optim.decay_mult entry {item!r} is not a (substring, mult) pair")
 
 
-def tree_norm(tree: Mapping) -> jax.Array:
-    """Global L2 norm (float32 scalar) of a pytree's leaves (any shapes and float dtypes).
+def tree_norm(tree: Mapping, platform: str | None = None) -> jax.Array:
+    """Global L2 norm (float32 scalar) of a pytree's leaves (any shapes and float dtypes),
+    computed for devices of `platform` ('cpu', 'gpu', 'tpu'; None: jax's default backend;
+    the train step passes its mesh's, so a program compiled ahead of time for a GPU/TPU on
+    a CPU host gets the GPU/TPU form).
 
     On GPU/TPU: optax's (a reduction per leaf). On the CPU each leaf's sum of squares is a
     small matrix product (`_sum_of_squares_cpu`): XLA:CPU's tree-reduction rewrite (jaxlib
@@ -258,7 +265,7 @@ def tree_norm(tree: Mapping) -> jax.Array:
     K = 847; the matrix-product form is ~5x faster (BENCHMARKS.md).
     """
     leaves = [x.astype(jnp.float32) for x in jax.tree.leaves(tree)]
-    if jax.default_backend() != "cpu":
+    if (platform or jax.default_backend()) != "cpu":
         return optax.global_norm(leaves)
     return jnp.sqrt(sum((_sum_of_squares_cpu(x) for x in leaves), jnp.float32(0.0)))
 

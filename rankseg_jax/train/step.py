@@ -43,7 +43,7 @@ class TrainSetup:
 def make_setup(config: mlc.ConfigDict, mesh: jax.sharding.Mesh) -> TrainSetup:
     """Shapes, optimizer and shardings of the train state, without allocating anything."""
     graphdef, abs_params = models.abstract_model(config)
-    tx = optim.make_optimizer(config, abs_params)
+    tx = optim.make_optimizer(config, abs_params, mesh_platform(mesh))
     abs_opt = jax.eval_shape(tx.init, abs_params)
     abs_state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": abs_params,
                  "opt_state": abs_opt}
@@ -52,6 +52,11 @@ def make_setup(config: mlc.ConfigDict, mesh: jax.sharding.Mesh) -> TrainSetup:
     # such as optax counts are replicated.
     abs_state, shardings = sharding.with_shardings(abs_state, mesh, config)
     return TrainSetup(config, mesh, graphdef, tx, abs_state, shardings)
+
+
+def mesh_platform(mesh: jax.sharding.Mesh) -> str:
+    """The platform of the mesh's devices ('cpu', 'gpu', 'tpu', ...)."""
+    return mesh.devices.flat[0].platform
 
 
 def init_state(setup: TrainSetup) -> dict:
@@ -120,6 +125,7 @@ def make_train_step(setup: TrainSetup) -> Callable:
     The state argument is donated.
     """
     config, mesh = setup.config, setup.mesh
+    platform = mesh_platform(mesh)  # the form of the global norms (`optim.tree_norm`)
     accum = config.train.grad_accum
     loss_fn = tasks.loss_fn(config)
     grad_fn = jax.value_and_grad(lambda p, b, r: loss_fn(setup, p, b, r), has_aux=True)
@@ -156,8 +162,8 @@ def make_train_step(setup: TrainSetup) -> Callable:
         grads, aux = grads_and_aux(params, batch, rng)
         updates, opt_state = setup.tx.update(grads, state["opt_state"], params)
         new_params = optax.apply_updates(params, updates)
-        grad_norm = optim.tree_norm(grads)
-        param_norm = optim.tree_norm(new_params)
+        grad_norm = optim.tree_norm(grads, platform)
+        param_norm = optim.tree_norm(new_params, platform)
         # The result is checked too: a finite gradient can still give a non-finite update
         # (a NaN/Inf learning rate or multiplier, an overflowing moment). A global L2 norm is
         # NaN/Inf iff some element is, or iff the squares overflow (|x| > ~1e19 in float32:
@@ -166,7 +172,7 @@ def make_train_step(setup: TrainSetup) -> Callable:
         # and a reduction per parameter and moment leaf (ViT-S RankSeg step on XLA:CPU: 9%
         # fewer lines of optimised HLO, same step time; BENCHMARKS.md).
         finite = (jnp.isfinite(aux["loss"]) & jnp.isfinite(grad_norm)
-                  & jnp.isfinite(param_norm) & jnp.isfinite(_float_norm(opt_state)))
+                  & jnp.isfinite(param_norm) & jnp.isfinite(_float_norm(opt_state, platform)))
         new = {"step": state["step"] + 1, "params": new_params, "opt_state": opt_state}
         # Keep the last good state in memory if this step blew up (the loop then stops).
         # One conditional for the whole state, not a select per leaf: XLA fuses the scalar
@@ -197,11 +203,11 @@ def step_key(base_key: jax.Array, step: jax.Array, impl: str) -> jax.Array:
     return rng
 
 
-def _float_norm(tree) -> jax.Array:
+def _float_norm(tree, platform: str) -> jax.Array:
     """Global L2 norm (float32 scalar) of the floating-point leaves of `tree` (optimizer
     states also hold integer counters); 0 when there are none."""
     leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
-    return optim.tree_norm(leaves) if leaves else jnp.float32(0.0)
+    return optim.tree_norm(leaves, platform) if leaves else jnp.float32(0.0)
 
 
 def finalize_metrics(raw: dict, steps: int = 1) -> dict:

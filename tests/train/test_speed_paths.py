@@ -1,5 +1,5 @@
-"""The speed changes keep the numbers: one-pass loss + accuracy, rbg dropout keys, and the
-process settings of `rankseg_jax/runtime.py`."""
+"""The speed changes keep the numbers: one-pass loss + accuracy, rbg dropout keys, the
+global norms' form per platform, and the process settings of `rankseg_jax/runtime.py`."""
 
 import os
 
@@ -56,6 +56,28 @@ def _steps(config, n=2):
     for _ in range(n):
         state, _ = step(state, batch, jax.random.PRNGKey(0))
     return jax.device_get(state["params"])
+
+
+@pytest.mark.parametrize("platform", ["cpu", "gpu"])
+def test_the_step_takes_its_norms_in_the_form_for_its_mesh_platform(platform, monkeypatch):
+    """A CPU mesh's step takes the global norms (gradient, parameters, optimizer state, and
+    the clipping norm) as [16, 16] matrix products (`optim.tree_norm`); a GPU mesh's as
+    reductions, even when traced on a CPU host (ahead-of-time compiles)."""
+    config = small_train_config(**{"optim.clip_grad_norm": 1.0})
+    mesh = sharding.make_mesh(config)
+    assert ts.mesh_platform(mesh) == "cpu"
+    monkeypatch.setattr(ts, "mesh_platform", lambda m: platform)
+    setup = ts.make_setup(config, mesh)
+    batch = input_pipeline.to_global(next(input_pipeline.make_train_iterator(config)),
+                                     sharding.batch_sharding(setup.mesh))
+    text = ts.make_train_step(setup).lower(setup.abstract_state, batch,
+                                           jax.random.PRNGKey(0)).as_text()
+    grams = text.count("-> tensor<16x16xf32>")
+    if platform == "cpu":
+        # Four norms over the parameter-shaped trees, one product per leaf of >= 4096.
+        assert grams >= 4
+    else:
+        assert grams == 0
 
 
 def test_rbg_dropout_keys_are_deterministic_and_a_different_stream():
