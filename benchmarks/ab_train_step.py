@@ -196,6 +196,10 @@ def compile_variant(name: str, a) -> tuple:
 
 
 def main() -> None:
+    from rankseg_jax import runtime
+
+    # As main.py: once, before anything else (replaces the process; see runtime.py).
+    runtime.restart_with_hugepages()
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_step_arguments(ap)
     ap.add_argument("--batch", type=int, default=1)

@@ -87,6 +87,10 @@ def measure(preset: str, size: int, k: int, kappa: int, mode: str, path: str, ru
 
 
 def main() -> None:
+    from rankseg_jax import runtime
+
+    # As main.py: once, before anything else (replaces the process; see runtime.py).
+    runtime.restart_with_hugepages()
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="s16")
     ap.add_argument("--size", type=int, default=256)

@@ -1,10 +1,11 @@
-"""Process-level XLA/JAX settings the project's entry points apply: CPU flags, compile cache.
+"""Process-level settings the project's entry points apply: CPU flags, huge pages, compile
+cache.
 
-Neither function changes what is computed: one changes how XLA runs it (the CPU flag
-changes float32 accumulation order, so results move within rounding), the other where
-it keeps compiled programs. Callers: `rankseg_jax/cli.py` (`main.py`), `benchmarks/common.py` and
-`tests/conftest.py`. Library users who import `rankseg_jax` directly get neither unless
-they call these functions themselves.
+None of them changes what is computed: the CPU flags change how XLA runs it (float32
+accumulation order, so results move within rounding), huge pages how memory is mapped,
+the cache where compiled programs are kept. Callers: `rankseg_jax/cli.py` (`main.py`),
+the benchmarks and `tests/conftest.py` (CPU flags only). Library users who import
+`rankseg_jax` directly get none of them unless they call these functions themselves.
 
 * `configure_cpu_flags()` must run before jax initialises its backend (the first array,
   device query or compile): `XLA_FLAGS` is read once, then. It adds two flags, each unless
@@ -25,6 +26,18 @@ they call these functions themselves.
     batch 1, -21% at batch 8, compile -24%; float32 results stay within rounding (fused
     sums may add in another order). `BENCHMARKS.md`, "CPU speed: multi-output fusion
     and one-pass dropout bits".
+* `restart_with_hugepages()` (first thing in `main.py` and the step benchmarks) restarts
+  the process, once, with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` added to its
+  environment, so that glibc's malloc asks the kernel for transparent huge pages
+  (`madvise`) for the memory it maps. XLA:CPU allocates each step's buffers with malloc;
+  a buffer above malloc's mmap threshold (32 MiB at most) is mapped fresh on every step
+  and faulted in 4 KiB page by page (15 700 faults for one [12, 1025, 1025] attention
+  map). With huge pages: the ViT-S/16 baseline step at K = 847 / 1284 -30% / -33%,
+  RankSeg at K = 847 -20% (`BENCHMARKS.md`, "CPU speed: huge pages"). glibc reads the
+  tunable only at process start, hence the restart. Nothing happens off Linux, with
+  glibc < 2.35 (no such tunable), when the kernel's THP mode is `never`, when
+  GLIBC_TUNABLES already names `glibc.malloc.hugetlb` (yours wins), or with
+  `RANKSEG_JAX_MALLOC_HUGEPAGES=0`.
 * `enable_compilation_cache(path)` (the CLI: `--compilation_cache_dir`, default
   `~/.cache/rankseg_jax/xla`, `cache_dir_setting`) turns on JAX's persistent compilation
   cache (an LRU directory, capped at `max_bytes`), so a restarted run loads its compiled
@@ -37,6 +50,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import platform
+import sys
 
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 # A presence flag of XLA:CPU's backend options (no value). Settable only through XLA_FLAGS:
@@ -77,6 +92,67 @@ def configure_cpu_flags(environ: dict | None = None) -> list[str]:
     if added:
         env["XLA_FLAGS"] = " ".join([current, *added]).strip()
     return added
+
+
+HUGEPAGE_TUNABLE = "glibc.malloc.hugetlb=1"
+HUGEPAGES_ENV = "RANKSEG_JAX_MALLOC_HUGEPAGES"
+THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+def _thp_mode(path: str = THP_MODE_FILE) -> str:
+    """The kernel's transparent-huge-page mode ('always', 'madvise', 'never'; '' when the
+    file is missing or unreadable): the bracketed word of `path`."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return ""
+    start, end = text.find("["), text.find("]")
+    return text[start + 1:end] if 0 <= start < end else ""
+
+
+def hugepage_environment(environ: dict | None = None, *, system: str | None = None,
+                         libc: tuple[str, str] | None = None,
+                         thp_mode: str | None = None) -> dict | None:
+    """The environment to restart in with malloc's huge pages (a copy of `environ`, default
+    `os.environ`, with `HUGEPAGE_TUNABLE` added to GLIBC_TUNABLES), or None when restarting
+    would change nothing: not Linux, not glibc >= 2.35, the THP mode is neither 'always' nor
+    'madvise', GLIBC_TUNABLES already names glibc.malloc.hugetlb, or
+    RANKSEG_JAX_MALLOC_HUGEPAGES=0. system / libc / thp_mode: `platform.system()`,
+    `platform.libc_ver()` and `_thp_mode()` (arguments for tests)."""
+    env = dict(os.environ if environ is None else environ)
+    if env.get(HUGEPAGES_ENV, "1") == "0":
+        return None
+    if (system or platform.system()) != "Linux":
+        return None
+    name, version = libc or platform.libc_ver()
+    try:
+        numbers = tuple(int(x) for x in version.split(".")[:2])
+    except ValueError:
+        return None
+    if name != "glibc" or numbers < (2, 35):
+        return None
+    if (_thp_mode() if thp_mode is None else thp_mode) not in ("always", "madvise"):
+        return None
+    tunables = env.get("GLIBC_TUNABLES", "")
+    if any(t.split("=", 1)[0] == "glibc.malloc.hugetlb" for t in tunables.split(":")):
+        return None
+    env["GLIBC_TUNABLES"] = ":".join(t for t in (tunables, HUGEPAGE_TUNABLE) if t)
+    return env
+
+
+def restart_with_hugepages() -> None:
+    """Re-executes this process's command line (`sys.orig_argv`, interpreter options
+    included) under `hugepage_environment()`; returns at once when that is None (also in
+    the restarted process, whose GLIBC_TUNABLES then names the tunable). Call it first in
+    a program's main, before it has opened files or started threads: the process image is
+    replaced (same PID)."""
+    env = hugepage_environment()
+    if env is None:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
 
 
 def cache_dir_setting(flag_value: str | None) -> str:
