@@ -265,16 +265,15 @@ def environment() -> dict:
             "python": platform.python_version(), "jax": jax.__version__,
             "jaxlib": jaxlib.__version__, "flax": flax.__version__,
             "date": datetime.date.today().isoformat(), "git": rev,
-            "hugepages": "on" if "glibc.malloc.hugetlb=1" in os.environ.get(
-                "GLIBC_TUNABLES", "") else "off"}
+            "malloc": os.environ.get("GLIBC_TUNABLES", "") or "glibc defaults"}
 
 
 def markdown_section(title: str, command: str, env: dict, table: str, notes: str = "") -> str:
     """A BENCHMARKS.md section: title, command, machine and versions, the table, notes."""
     head = (f"## {title}\n\nCommand: `{command}`  \nMachine: {env['device']} "
             f"({env['cpu']}, {env['cores']} cores); Python {env['python']}, jax {env['jax']}, "
-            f"jaxlib {env['jaxlib']}, flax {env['flax']}; malloc huge pages "
-            f"{env['hugepages']}; {env['date']}, git {env['git']}.\n\n")
+            f"jaxlib {env['jaxlib']}, flax {env['flax']}; malloc: {env['malloc']}; "
+            f"{env['date']}, git {env['git']}.\n\n")
     return head + table.rstrip() + "\n" + (f"\n{notes.rstrip()}\n" if notes else "")
 
 

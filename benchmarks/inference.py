@@ -90,7 +90,7 @@ def main() -> None:
     from rankseg_jax import runtime
 
     # As main.py: once, before anything else (replaces the process; see runtime.py).
-    runtime.restart_with_hugepages()
+    runtime.restart_with_malloc_tunables()
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="s16")
     ap.add_argument("--size", type=int, default=256)

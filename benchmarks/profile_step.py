@@ -173,7 +173,7 @@ def main() -> None:
     from rankseg_jax import runtime
 
     # As main.py: once, before anything else (replaces the process; see runtime.py).
-    runtime.restart_with_hugepages()
+    runtime.restart_with_malloc_tunables()
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_step_arguments(ap)
     ap.add_argument("--batch", type=int, default=1, help="images per step (both sides)")

@@ -242,7 +242,7 @@ def main() -> None:
     from rankseg_jax import runtime
 
     # As main.py: once, before anything else (replaces the process; see runtime.py).
-    runtime.restart_with_hugepages()
+    runtime.restart_with_malloc_tunables()
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="s16", help="ViT preset (ti16, s16, b16, l16) or m2f")
     ap.add_argument("--size", type=int, default=256, help="square crop size")

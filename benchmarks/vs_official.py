@@ -148,7 +148,7 @@ def jax_worker(job: dict) -> None:
 
     # As main.py, before the reply channel is set up (the restart keeps fds 0-2 and
     # replaces the process). The official worker keeps the environment it was started in.
-    runtime.restart_with_hugepages()
+    runtime.restart_with_malloc_tunables()
     chan = _channel()
     from common import environment, runtime_setup
 
@@ -390,9 +390,9 @@ def _notes(results: list[dict], a) -> str:
         f"(mmseg 0.17 / mmcv 1.4 are not installed here); {torch_info}. Ours: the jitted "
         "train step of `benchmarks/train_step.py` / the inference of `benchmarks/inference.py`"
         " with the project's XLA:CPU flags"
-        f"{' left out (--xla_defaults)' if a.xla_defaults else ''}, restarted with malloc "
-        "huge pages as `main.py` is (`runtime.restart_with_hugepages`; unless "
-        "RANKSEG_JAX_MALLOC_HUGEPAGES=0); the official side runs in the environment this "
+        f"{' left out (--xla_defaults)' if a.xla_defaults else ''}, restarted with the "
+        "malloc settings `main.py` uses (`runtime.restart_with_malloc_tunables`; unless "
+        "RANKSEG_JAX_MALLOC_TUNABLES=0); the official side runs in the environment this "
         f"script was started in (GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r})."
         f"{ours_env} Interleaved: "
         f"{a.passes} passes x {a.steps} steps per side after {a.warmup} warm-up steps, "

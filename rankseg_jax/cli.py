@@ -220,7 +220,7 @@ def _errors() -> dict:
 
 def run() -> None:
     """Console-script entry point (`rankseg-jax`)."""
-    runtime.restart_with_hugepages()  # returns at once unless it restarts the process
+    runtime.restart_with_malloc_tunables()  # returns at once unless it restarts the process
     runtime.configure_cpu_flags()  # before anything initialises a jax backend
     errors = _errors()
     try:

@@ -1,8 +1,8 @@
-"""Process-level settings the project's entry points apply: CPU flags, huge pages, compile
-cache.
+"""Process-level settings the project's entry points apply: CPU flags, malloc settings,
+compile cache.
 
 None of them changes what is computed: the CPU flags change how XLA runs it (float32
-accumulation order, so results move within rounding), huge pages how memory is mapped,
+accumulation order, so results move within rounding), the malloc settings how memory is mapped,
 the cache where compiled programs are kept. Callers: `rankseg_jax/cli.py` (`main.py`),
 the benchmarks and `tests/conftest.py` (CPU flags only). Library users who import
 `rankseg_jax` directly get none of them unless they call these functions themselves.
@@ -26,18 +26,18 @@ the benchmarks and `tests/conftest.py` (CPU flags only). Library users who impor
     batch 1, -21% at batch 8, compile -24%; float32 results stay within rounding (fused
     sums may add in another order). `BENCHMARKS.md`, "CPU speed: multi-output fusion
     and one-pass dropout bits".
-* `restart_with_hugepages()` (first thing in `main.py` and the step benchmarks) restarts
-  the process, once, with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` added to its
-  environment, so that glibc's malloc asks the kernel for transparent huge pages
-  (`madvise`) for the memory it maps. XLA:CPU allocates each step's buffers with malloc;
-  a buffer above malloc's mmap threshold (32 MiB at most) is mapped fresh on every step
-  and faulted in 4 KiB page by page (15 700 faults for one [12, 1025, 1025] attention
-  map). With huge pages: the ViT-S/16 baseline step at K = 847 / 1284 -30% / -33%,
-  RankSeg at K = 847 -20% (`BENCHMARKS.md`, "CPU speed: huge pages"). glibc reads the
-  tunable only at process start, hence the restart. Nothing happens off Linux, with
-  glibc < 2.35 (no such tunable), when the kernel's THP mode is `never`, when
-  GLIBC_TUNABLES already names `glibc.malloc.hugetlb` (yours wins), or with
-  `RANKSEG_JAX_MALLOC_HUGEPAGES=0`.
+* `restart_with_malloc_tunables()` (first thing in `main.py` and the step benchmarks)
+  restarts the process, once, with glibc malloc settings added to GLIBC_TUNABLES
+  (`MALLOC_TUNABLES`). XLA:CPU allocates each step's buffers with malloc; by default a
+  buffer above malloc's mmap threshold (32 MiB at most) is mapped fresh on every step and
+  faulted in 4 KiB at a time: 206 000 page faults per step for the ViT-S/16 baseline at
+  K = 847. With the settings, freed memory stays with the process for the next step and
+  is backed by transparent huge pages (`madvise`): ~700 faults per step, the ViT-S/16
+  baseline step at K = 847 and RankSeg at K = 1284 ~20% faster (`BENCHMARKS.md`, "CPU
+  speed: malloc settings"). The resident memory stays at the step's peak between steps,
+  as with a caching allocator. glibc reads tunables only at process start, hence the
+  restart. Nothing happens off Linux, with glibc < 2.35, when GLIBC_TUNABLES already names
+  every setting (yours win), or with `RANKSEG_JAX_MALLOC_TUNABLES=0`.
 * `enable_compilation_cache(path)` (the CLI: `--compilation_cache_dir`, default
   `~/.cache/rankseg_jax/xla`, `cache_dir_setting`) turns on JAX's persistent compilation
   cache (an LRU directory, capped at `max_bytes`), so a restarted run loads its compiled
@@ -94,8 +94,13 @@ def configure_cpu_flags(environ: dict | None = None) -> list[str]:
     return added
 
 
-HUGEPAGE_TUNABLE = "glibc.malloc.hugetlb=1"
-HUGEPAGES_ENV = "RANKSEG_JAX_MALLOC_HUGEPAGES"
+# glibc malloc settings for XLA:CPU's per-step buffers (see the module docstring): huge
+# pages for what malloc maps, and the freed memory kept for the next step (no mmap'd
+# chunks, which are unmapped on free; no trimming of the heap; two arenas, so that large
+# buffers freed by XLA's threads return to heaps that keep them).
+MALLOC_TUNABLES = ("glibc.malloc.hugetlb=1", "glibc.malloc.arena_max=2",
+                   "glibc.malloc.mmap_max=0", "glibc.malloc.trim_threshold=4294967296")
+MALLOC_ENV = "RANKSEG_JAX_MALLOC_TUNABLES"
 THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
 
 
@@ -111,17 +116,18 @@ def _thp_mode(path: str = THP_MODE_FILE) -> str:
     return text[start + 1:end] if 0 <= start < end else ""
 
 
-def hugepage_environment(environ: dict | None = None, *, system: str | None = None,
-                         libc: tuple[str, str] | None = None,
-                         thp_mode: str | None = None) -> dict | None:
-    """The environment to restart in with malloc's huge pages (a copy of `environ`, default
-    `os.environ`, with `HUGEPAGE_TUNABLE` added to GLIBC_TUNABLES), or None when restarting
-    would change nothing: not Linux, not glibc >= 2.35, the THP mode is neither 'always' nor
-    'madvise', GLIBC_TUNABLES already names glibc.malloc.hugetlb, or
-    RANKSEG_JAX_MALLOC_HUGEPAGES=0. system / libc / thp_mode: `platform.system()`,
-    `platform.libc_ver()` and `_thp_mode()` (arguments for tests)."""
+def malloc_environment(environ: dict | None = None, *, system: str | None = None,
+                       libc: tuple[str, str] | None = None,
+                       thp_mode: str | None = None) -> dict | None:
+    """The environment to restart in with the project's malloc settings (a copy of
+    `environ`, default `os.environ`, with the `MALLOC_TUNABLES` that GLIBC_TUNABLES does not
+    already name appended to it; the huge-page one only when the THP mode is 'always' or
+    'madvise'), or None when restarting would change nothing: not Linux, not glibc >= 2.35,
+    every setting already named (the user's values win), or RANKSEG_JAX_MALLOC_TUNABLES=0.
+    system / libc / thp_mode: `platform.system()`, `platform.libc_ver()` and `_thp_mode()`
+    (arguments for tests)."""
     env = dict(os.environ if environ is None else environ)
-    if env.get(HUGEPAGES_ENV, "1") == "0":
+    if env.get(MALLOC_ENV, "1") == "0":
         return None
     if (system or platform.system()) != "Linux":
         return None
@@ -132,22 +138,24 @@ def hugepage_environment(environ: dict | None = None, *, system: str | None = No
         return None
     if name != "glibc" or numbers < (2, 35):
         return None
-    if (_thp_mode() if thp_mode is None else thp_mode) not in ("always", "madvise"):
-        return None
+    thp = (_thp_mode() if thp_mode is None else thp_mode) in ("always", "madvise")
     tunables = env.get("GLIBC_TUNABLES", "")
-    if any(t.split("=", 1)[0] == "glibc.malloc.hugetlb" for t in tunables.split(":")):
+    named = {t.split("=", 1)[0] for t in tunables.split(":") if t}
+    added = [t for t in MALLOC_TUNABLES if t.split("=", 1)[0] not in named
+             and (thp or not t.startswith("glibc.malloc.hugetlb="))]
+    if not added:
         return None
-    env["GLIBC_TUNABLES"] = ":".join(t for t in (tunables, HUGEPAGE_TUNABLE) if t)
+    env["GLIBC_TUNABLES"] = ":".join([tunables, *added] if tunables else added)
     return env
 
 
-def restart_with_hugepages() -> None:
+def restart_with_malloc_tunables() -> None:
     """Re-executes this process's command line (`sys.orig_argv`, interpreter options
-    included) under `hugepage_environment()`; returns at once when that is None (also in
-    the restarted process, whose GLIBC_TUNABLES then names the tunable). Call it first in
+    included) under `malloc_environment()`; returns at once when that is None (also in
+    the restarted process, whose GLIBC_TUNABLES then names the settings). Call it first in
     a program's main, before it has opened files or started threads: the process image is
     replaced (same PID)."""
-    env = hugepage_environment()
+    env = malloc_environment()
     if env is None:
         return
     sys.stdout.flush()

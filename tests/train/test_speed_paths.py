@@ -165,28 +165,33 @@ def test_remat_policy_is_validated_and_maps_to_jax_policies():
 
 
 LINUX = dict(system="Linux", libc=("glibc", "2.36"), thp_mode="madvise")
+ALL = ":".join(runtime.MALLOC_TUNABLES)
 
 
-def test_hugepage_environment_adds_the_tunable_once():
-    env = runtime.hugepage_environment({"PATH": "/bin"}, **LINUX)
-    assert env == {"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
-    # Other tunables are kept; a restarted process (tunable present) is not restarted again.
-    env = runtime.hugepage_environment({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, **LINUX)
-    assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
-    assert runtime.hugepage_environment(env, **LINUX) is None
+def test_malloc_environment_adds_the_settings_once():
+    env = runtime.malloc_environment({"PATH": "/bin"}, **LINUX)
+    assert env == {"PATH": "/bin", "GLIBC_TUNABLES": ALL}
+    # The user's tunables are kept, and their values win; a restarted process (every
+    # setting named) is not restarted again.
+    env = runtime.malloc_environment(
+        {"GLIBC_TUNABLES": "glibc.malloc.arena_max=8:glibc.cpu.x86_shstk=on"}, **LINUX)
+    assert env["GLIBC_TUNABLES"] == ("glibc.malloc.arena_max=8:glibc.cpu.x86_shstk=on:"
+                                     + ALL.replace("glibc.malloc.arena_max=2:", ""))
+    assert runtime.malloc_environment(env, **LINUX) is None
+    # Without THP the huge-page request is left out, the rest still applies.
+    env = runtime.malloc_environment({}, **{**LINUX, "thp_mode": "never"})
+    assert "hugetlb" not in env["GLIBC_TUNABLES"] and "mmap_max=0" in env["GLIBC_TUNABLES"]
 
 
 @pytest.mark.parametrize("environ,overrides", [
-    ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, {}),  # the user's setting wins
-    ({"RANKSEG_JAX_MALLOC_HUGEPAGES": "0"}, {}),  # opted out
+    ({"GLIBC_TUNABLES": ALL.replace("hugetlb=1", "hugetlb=0")}, {}),  # all set by the user
+    ({"RANKSEG_JAX_MALLOC_TUNABLES": "0"}, {}),  # opted out
     ({}, {"system": "Darwin"}),
-    ({}, {"libc": ("glibc", "2.31")}),  # no such tunable before 2.35
+    ({}, {"libc": ("glibc", "2.31")}),
     ({}, {"libc": ("", "")}),  # musl: platform.libc_ver() knows no version
-    ({}, {"thp_mode": "never"}),
-    ({}, {"thp_mode": ""}),  # no THP file
 ])
-def test_hugepage_environment_changes_nothing_where_it_cannot_help(environ, overrides):
-    assert runtime.hugepage_environment(environ, **{**LINUX, **overrides}) is None
+def test_malloc_environment_changes_nothing_where_it_cannot_help(environ, overrides):
+    assert runtime.malloc_environment(environ, **{**LINUX, **overrides}) is None
 
 
 def test_thp_mode_reads_the_bracketed_word(tmp_path):
@@ -196,28 +201,29 @@ def test_thp_mode_reads_the_bracketed_word(tmp_path):
     assert runtime._thp_mode(str(tmp_path / "missing")) == ""
 
 
-def test_restart_with_hugepages_reexecutes_the_command_line_once(tmp_path):
+def test_restart_with_malloc_tunables_reexecutes_the_command_line_once(tmp_path):
     """A real restart: the script runs twice (same PID), the second time with the tunable,
     and keeps its interpreter options and arguments."""
-    if runtime.hugepage_environment() is None:
-        pytest.skip("this host cannot use malloc huge pages (not Linux/glibc >= 2.35/THP)")
+    if runtime.malloc_environment() is None:
+        pytest.skip("no malloc settings apply on this host (not Linux with glibc >= 2.35)")
     import subprocess
     import sys
     script = tmp_path / "prog.py"
     script.write_text(
         "import os, sys\n"
-        "print('run', os.getpid(), os.environ.get('GLIBC_TUNABLES', ''), sys.argv[1:],"
+        "print('run', os.getpid(), repr(os.environ.get('GLIBC_TUNABLES', '')), sys.argv[1:],"
         " sys.flags.optimize, flush=True)\n"
         "from rankseg_jax import runtime\n"
-        "runtime.restart_with_hugepages()\n"
+        "runtime.restart_with_malloc_tunables()\n"
         "print('done', flush=True)\n")
     env = {k: v for k, v in os.environ.items()
-           if k not in ("GLIBC_TUNABLES", "RANKSEG_JAX_MALLOC_HUGEPAGES")}
+           if k not in ("GLIBC_TUNABLES", "RANKSEG_JAX_MALLOC_TUNABLES")}
+    want = runtime.malloc_environment(env)["GLIBC_TUNABLES"]
     out = subprocess.run([sys.executable, "-O", str(script), "--x=1"], env=env,
                          capture_output=True, text=True, timeout=120, check=True).stdout
     lines = out.splitlines()
     assert len(lines) == 3 and lines[2] == "done", out
     first, second = lines[0].split(), lines[1].split()
     assert first[1] == second[1]  # same process, re-executed
-    assert "glibc.malloc.hugetlb=1" not in lines[0] and "glibc.malloc.hugetlb=1" in lines[1]
+    assert first[2] == "''" and second[2] == repr(want)
     assert lines[0].endswith("['--x=1'] 1") and lines[1].endswith("['--x=1'] 1")
