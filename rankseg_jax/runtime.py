@@ -31,13 +31,12 @@ the benchmarks and `tests/conftest.py` (CPU flags only). Library users who impor
   (`MALLOC_TUNABLES`). XLA:CPU allocates each step's buffers with malloc; by default a
   buffer above malloc's mmap threshold (32 MiB at most) is mapped fresh on every step and
   faulted in 4 KiB at a time: 206 000 page faults per step for the ViT-S/16 baseline at
-  K = 847. With the settings, freed memory stays with the process for the next step and
-  is backed by transparent huge pages (`madvise`): ~700 faults per step, the ViT-S/16
-  baseline step at K = 847 and RankSeg at K = 1284 ~20% faster (`BENCHMARKS.md`, "CPU
-  speed: malloc settings"). The resident memory stays at the step's peak between steps,
-  as with a caching allocator. glibc reads tunables only at process start, hence the
-  restart. Nothing happens off Linux, with glibc < 2.35, when GLIBC_TUNABLES already names
-  every setting (yours win), or with `RANKSEG_JAX_MALLOC_TUNABLES=0`.
+  K = 847. With the settings, freed memory stays with the process for the next step (no
+  faults after the first steps); the resident memory then stays at the step's peak, as
+  with a caching allocator. Measured: `BENCHMARKS.md`, "CPU speed: malloc settings".
+  glibc reads tunables only at process start, hence the restart. Nothing happens off
+  Linux, with glibc < 2.35, when GLIBC_TUNABLES already names every setting (yours win),
+  or with `RANKSEG_JAX_MALLOC_TUNABLES=0`.
 * `enable_compilation_cache(path)` (the CLI: `--compilation_cache_dir`, default
   `~/.cache/rankseg_jax/xla`, `cache_dir_setting`) turns on JAX's persistent compilation
   cache (an LRU directory, capped at `max_bytes`), so a restarted run loads its compiled
@@ -94,38 +93,24 @@ def configure_cpu_flags(environ: dict | None = None) -> list[str]:
     return added
 
 
-# glibc malloc settings for XLA:CPU's per-step buffers (see the module docstring): huge
-# pages for what malloc maps, and the freed memory kept for the next step (no mmap'd
-# chunks, which are unmapped on free; no trimming of the heap; two arenas, so that large
-# buffers freed by XLA's threads return to heaps that keep them).
-MALLOC_TUNABLES = ("glibc.malloc.hugetlb=1", "glibc.malloc.arena_max=2",
-                   "glibc.malloc.mmap_max=0", "glibc.malloc.trim_threshold=4294967296")
+# glibc malloc settings for XLA:CPU's per-step buffers (see the module docstring): freed
+# memory is kept for the next step (no mmap'd chunks, which are unmapped on free; no
+# trimming of the heap; two arenas, so that buffers freed by XLA's threads go back to
+# heaps that keep them). Huge pages (`glibc.malloc.hugetlb=1`) were faster still on an
+# idle host but made steps stall on memory compaction when another large process ran.
+MALLOC_TUNABLES = ("glibc.malloc.arena_max=2", "glibc.malloc.mmap_max=0",
+                   "glibc.malloc.trim_threshold=4294967296")
 MALLOC_ENV = "RANKSEG_JAX_MALLOC_TUNABLES"
-THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
-
-
-def _thp_mode(path: str = THP_MODE_FILE) -> str:
-    """The kernel's transparent-huge-page mode ('always', 'madvise', 'never'; '' when the
-    file is missing or unreadable): the bracketed word of `path`."""
-    try:
-        with open(path) as f:
-            text = f.read()
-    except OSError:
-        return ""
-    start, end = text.find("["), text.find("]")
-    return text[start + 1:end] if 0 <= start < end else ""
 
 
 def malloc_environment(environ: dict | None = None, *, system: str | None = None,
-                       libc: tuple[str, str] | None = None,
-                       thp_mode: str | None = None) -> dict | None:
+                       libc: tuple[str, str] | None = None) -> dict | None:
     """The environment to restart in with the project's malloc settings (a copy of
     `environ`, default `os.environ`, with the `MALLOC_TUNABLES` that GLIBC_TUNABLES does not
-    already name appended to it; the huge-page one only when the THP mode is 'always' or
-    'madvise'), or None when restarting would change nothing: not Linux, not glibc >= 2.35,
-    every setting already named (the user's values win), or RANKSEG_JAX_MALLOC_TUNABLES=0.
-    system / libc / thp_mode: `platform.system()`, `platform.libc_ver()` and `_thp_mode()`
-    (arguments for tests)."""
+    already name appended to it), or None when restarting would change nothing: not Linux,
+    not glibc >= 2.35, every setting already named (the user's values win), or
+    RANKSEG_JAX_MALLOC_TUNABLES=0. system / libc: `platform.system()` and
+    `platform.libc_ver()` (arguments for tests)."""
     env = dict(os.environ if environ is None else environ)
     if env.get(MALLOC_ENV, "1") == "0":
         return None
@@ -138,11 +123,9 @@ def malloc_environment(environ: dict | None = None, *, system: str | None = None
         return None
     if name != "glibc" or numbers < (2, 35):
         return None
-    thp = (_thp_mode() if thp_mode is None else thp_mode) in ("always", "madvise")
     tunables = env.get("GLIBC_TUNABLES", "")
     named = {t.split("=", 1)[0] for t in tunables.split(":") if t}
-    added = [t for t in MALLOC_TUNABLES if t.split("=", 1)[0] not in named
-             and (thp or not t.startswith("glibc.malloc.hugetlb="))]
+    added = [t for t in MALLOC_TUNABLES if t.split("=", 1)[0] not in named]
     if not added:
         return None
     env["GLIBC_TUNABLES"] = ":".join([tunables, *added] if tunables else added)

@@ -164,7 +164,7 @@ def test_remat_policy_is_validated_and_maps_to_jax_policies():
         tfm.remat_policy("dots")
 
 
-LINUX = dict(system="Linux", libc=("glibc", "2.36"), thp_mode="madvise")
+LINUX = dict(system="Linux", libc=("glibc", "2.36"))
 ALL = ":".join(runtime.MALLOC_TUNABLES)
 
 
@@ -178,13 +178,10 @@ def test_malloc_environment_adds_the_settings_once():
     assert env["GLIBC_TUNABLES"] == ("glibc.malloc.arena_max=8:glibc.cpu.x86_shstk=on:"
                                      + ALL.replace("glibc.malloc.arena_max=2:", ""))
     assert runtime.malloc_environment(env, **LINUX) is None
-    # Without THP the huge-page request is left out, the rest still applies.
-    env = runtime.malloc_environment({}, **{**LINUX, "thp_mode": "never"})
-    assert "hugetlb" not in env["GLIBC_TUNABLES"] and "mmap_max=0" in env["GLIBC_TUNABLES"]
 
 
 @pytest.mark.parametrize("environ,overrides", [
-    ({"GLIBC_TUNABLES": ALL.replace("hugetlb=1", "hugetlb=0")}, {}),  # all set by the user
+    ({"GLIBC_TUNABLES": ALL.replace("arena_max=2", "arena_max=4")}, {}),  # all set by the user
     ({"RANKSEG_JAX_MALLOC_TUNABLES": "0"}, {}),  # opted out
     ({}, {"system": "Darwin"}),
     ({}, {"libc": ("glibc", "2.31")}),
@@ -192,13 +189,6 @@ def test_malloc_environment_adds_the_settings_once():
 ])
 def test_malloc_environment_changes_nothing_where_it_cannot_help(environ, overrides):
     assert runtime.malloc_environment(environ, **{**LINUX, **overrides}) is None
-
-
-def test_thp_mode_reads_the_bracketed_word(tmp_path):
-    path = tmp_path / "enabled"
-    path.write_text("always [madvise] never\n")
-    assert runtime._thp_mode(str(path)) == "madvise"
-    assert runtime._thp_mode(str(tmp_path / "missing")) == ""
 
 
 def test_restart_with_malloc_tunables_reexecutes_the_command_line_once(tmp_path):
