@@ -89,7 +89,8 @@ def measure(preset: str, size: int, k: int, kappa: int, mode: str, path: str, ru
 def main() -> None:
     from rankseg_jax import runtime
 
-    # As main.py: once, before anything else (replaces the process; see runtime.py).
+    # As main.py: with the opt-in RANKSEG_JAX_MALLOC_TUNABLES=1, restart once, before
+    # anything else, with the malloc settings (see runtime.py).
     runtime.restart_with_malloc_tunables()
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="s16")

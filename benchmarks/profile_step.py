@@ -172,7 +172,8 @@ def analyse(trace_dir: str, traced: int) -> dict:
 def main() -> None:
     from rankseg_jax import runtime
 
-    # As main.py: once, before anything else (replaces the process; see runtime.py).
+    # As main.py: with the opt-in RANKSEG_JAX_MALLOC_TUNABLES=1, restart once, before
+    # anything else, with the malloc settings (see runtime.py).
     runtime.restart_with_malloc_tunables()
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_step_arguments(ap)

@@ -241,7 +241,8 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     from rankseg_jax import runtime
 
-    # As main.py: once, before anything else (replaces the process; see runtime.py).
+    # As main.py: with the opt-in RANKSEG_JAX_MALLOC_TUNABLES=1, restart once, before
+    # anything else, with the malloc settings (see runtime.py).
     runtime.restart_with_malloc_tunables()
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="s16", help="ViT preset (ti16, s16, b16, l16) or m2f")

@@ -146,8 +146,9 @@ def jax_worker(job: dict) -> None:
     inference ('full' = the official order of operations; 'light' = our engine)."""
     from rankseg_jax import runtime
 
-    # As main.py, before the reply channel is set up (the restart keeps fds 0-2 and
-    # replaces the process). The official worker keeps the environment it was started in.
+    # As main.py (opt-in RANKSEG_JAX_MALLOC_TUNABLES=1), before the reply channel is set up
+    # (the restart keeps fds 0-2 and replaces the process). The official worker keeps the
+    # environment it was started in.
     runtime.restart_with_malloc_tunables()
     chan = _channel()
     from common import environment, runtime_setup
@@ -390,10 +391,12 @@ def _notes(results: list[dict], a) -> str:
         f"(mmseg 0.17 / mmcv 1.4 are not installed here); {torch_info}. Ours: the jitted "
         "train step of `benchmarks/train_step.py` / the inference of `benchmarks/inference.py`"
         " with the project's XLA:CPU flags"
-        f"{' left out (--xla_defaults)' if a.xla_defaults else ''}, restarted with the "
-        "malloc settings `main.py` uses (`runtime.restart_with_malloc_tunables`; unless "
-        "RANKSEG_JAX_MALLOC_TUNABLES=0); the official side runs in the environment this "
-        f"script was started in (GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r})."
+        f"{' left out (--xla_defaults)' if a.xla_defaults else ''}; with the opt-in "
+        "RANKSEG_JAX_MALLOC_TUNABLES=1 our side restarts with the malloc settings of "
+        "`runtime.restart_with_malloc_tunables`, the official side keeps the environment "
+        "this script was started in (here: RANKSEG_JAX_MALLOC_TUNABLES="
+        f"{os.environ.get('RANKSEG_JAX_MALLOC_TUNABLES', '')!r}, GLIBC_TUNABLES="
+        f"{os.environ.get('GLIBC_TUNABLES', '')!r})."
         f"{ours_env} Interleaved: "
         f"{a.passes} passes x {a.steps} steps per side after {a.warmup} warm-up steps, "
         "official then ours in each pass, never concurrently; medians over all timed steps. "

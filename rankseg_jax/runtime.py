@@ -26,17 +26,17 @@ the benchmarks and `tests/conftest.py` (CPU flags only). Library users who impor
     batch 1, -21% at batch 8, compile -24%; float32 results stay within rounding (fused
     sums may add in another order). `BENCHMARKS.md`, "CPU speed: multi-output fusion
     and one-pass dropout bits".
-* `restart_with_malloc_tunables()` (first thing in `main.py` and the step benchmarks)
-  restarts the process, once, with glibc malloc settings added to GLIBC_TUNABLES
-  (`MALLOC_TUNABLES`). XLA:CPU allocates each step's buffers with malloc; by default a
-  buffer above malloc's mmap threshold (32 MiB at most) is mapped fresh on every step and
-  faulted in 4 KiB at a time: 206 000 page faults per step for the ViT-S/16 baseline at
-  K = 847. With the settings, freed memory stays with the process for the next step (no
-  faults after the first steps); the resident memory then stays at the step's peak, as
-  with a caching allocator. Measured: `BENCHMARKS.md`, "CPU speed: malloc settings".
-  glibc reads tunables only at process start, hence the restart. Nothing happens off
-  Linux, with glibc < 2.35, when GLIBC_TUNABLES already names every setting (yours win),
-  or with `RANKSEG_JAX_MALLOC_TUNABLES=0`.
+* `restart_with_malloc_tunables()` (first thing in `main.py` and the step benchmarks),
+  opt-in with `RANKSEG_JAX_MALLOC_TUNABLES=1`: restarts the process, once, with glibc
+  malloc settings added to GLIBC_TUNABLES (`MALLOC_TUNABLES`). XLA:CPU allocates each
+  step's buffers with malloc; by default a buffer above malloc's mmap threshold (32 MiB at
+  most) is mapped fresh on every step and faulted in 4 KiB at a time: 206 000 page faults
+  per step for the ViT-S/16 baseline at K = 847. With the settings: ~770, and on an idle
+  2-core host ViT-S/16 steps 7-25% faster; but with another large process on the host
+  some steps stalled (memory compaction for the huge pages), so it is not the default.
+  `BENCHMARKS.md`, "CPU speed: malloc settings". glibc reads tunables only at process
+  start, hence the restart. Nothing happens off Linux, with glibc < 2.35, or when
+  GLIBC_TUNABLES already names every setting (yours win).
 * `enable_compilation_cache(path)` (the CLI: `--compilation_cache_dir`, default
   `~/.cache/rankseg_jax/xla`, `cache_dir_setting`) turns on JAX's persistent compilation
   cache (an LRU directory, capped at `max_bytes`), so a restarted run loads its compiled
@@ -93,13 +93,12 @@ def configure_cpu_flags(environ: dict | None = None) -> list[str]:
     return added
 
 
-# glibc malloc settings for XLA:CPU's per-step buffers (see the module docstring): freed
-# memory is kept for the next step (no mmap'd chunks, which are unmapped on free; no
-# trimming of the heap; two arenas, so that buffers freed by XLA's threads go back to
-# heaps that keep them). Huge pages (`glibc.malloc.hugetlb=1`) were faster still on an
-# idle host but made steps stall on memory compaction when another large process ran.
-MALLOC_TUNABLES = ("glibc.malloc.arena_max=2", "glibc.malloc.mmap_max=0",
-                   "glibc.malloc.trim_threshold=4294967296")
+# glibc malloc settings for XLA:CPU's per-step buffers (see the module docstring), opt-in:
+# transparent huge pages for what malloc maps, and freed memory kept for the next step (no
+# mmap'd chunks, which are unmapped on free; no heap trimming; two arenas, so that buffers
+# freed by XLA's threads go back to heaps that keep them).
+MALLOC_TUNABLES = ("glibc.malloc.hugetlb=1", "glibc.malloc.arena_max=2",
+                   "glibc.malloc.mmap_max=0", "glibc.malloc.trim_threshold=4294967296")
 MALLOC_ENV = "RANKSEG_JAX_MALLOC_TUNABLES"
 
 
@@ -107,12 +106,12 @@ def malloc_environment(environ: dict | None = None, *, system: str | None = None
                        libc: tuple[str, str] | None = None) -> dict | None:
     """The environment to restart in with the project's malloc settings (a copy of
     `environ`, default `os.environ`, with the `MALLOC_TUNABLES` that GLIBC_TUNABLES does not
-    already name appended to it), or None when restarting would change nothing: not Linux,
-    not glibc >= 2.35, every setting already named (the user's values win), or
-    RANKSEG_JAX_MALLOC_TUNABLES=0. system / libc: `platform.system()` and
+    already name appended to it), or None when nothing is to change: the opt-in
+    RANKSEG_JAX_MALLOC_TUNABLES=1 is not set, not Linux, not glibc >= 2.35, or every
+    setting already named (the user's values win). system / libc: `platform.system()` and
     `platform.libc_ver()` (arguments for tests)."""
     env = dict(os.environ if environ is None else environ)
-    if env.get(MALLOC_ENV, "1") == "0":
+    if env.get(MALLOC_ENV, "0") != "1":
         return None
     if (system or platform.system()) != "Linux":
         return None

@@ -165,27 +165,30 @@ def test_remat_policy_is_validated_and_maps_to_jax_policies():
 
 
 LINUX = dict(system="Linux", libc=("glibc", "2.36"))
+ON = {"RANKSEG_JAX_MALLOC_TUNABLES": "1"}
 ALL = ":".join(runtime.MALLOC_TUNABLES)
 
 
 def test_malloc_environment_adds_the_settings_once():
-    env = runtime.malloc_environment({"PATH": "/bin"}, **LINUX)
-    assert env == {"PATH": "/bin", "GLIBC_TUNABLES": ALL}
+    assert runtime.malloc_environment({"PATH": "/bin"}, **LINUX) is None  # opt-in
+    env = runtime.malloc_environment({"PATH": "/bin", **ON}, **LINUX)
+    assert env == {"PATH": "/bin", **ON, "GLIBC_TUNABLES": ALL}
     # The user's tunables are kept, and their values win; a restarted process (every
     # setting named) is not restarted again.
     env = runtime.malloc_environment(
-        {"GLIBC_TUNABLES": "glibc.malloc.arena_max=8:glibc.cpu.x86_shstk=on"}, **LINUX)
+        {"GLIBC_TUNABLES": "glibc.malloc.arena_max=8:glibc.cpu.x86_shstk=on", **ON}, **LINUX)
     assert env["GLIBC_TUNABLES"] == ("glibc.malloc.arena_max=8:glibc.cpu.x86_shstk=on:"
                                      + ALL.replace("glibc.malloc.arena_max=2:", ""))
     assert runtime.malloc_environment(env, **LINUX) is None
 
 
 @pytest.mark.parametrize("environ,overrides", [
-    ({"GLIBC_TUNABLES": ALL.replace("arena_max=2", "arena_max=4")}, {}),  # all set by the user
-    ({"RANKSEG_JAX_MALLOC_TUNABLES": "0"}, {}),  # opted out
-    ({}, {"system": "Darwin"}),
-    ({}, {"libc": ("glibc", "2.31")}),
-    ({}, {"libc": ("", "")}),  # musl: platform.libc_ver() knows no version
+    ({"GLIBC_TUNABLES": ALL.replace("arena_max=2", "arena_max=4"), **ON}, {}),  # user's
+    ({"RANKSEG_JAX_MALLOC_TUNABLES": "0"}, {}),  # not opted in
+    ({}, {}),
+    (ON, {"system": "Darwin"}),
+    (ON, {"libc": ("glibc", "2.31")}),
+    (ON, {"libc": ("", "")}),  # musl: platform.libc_ver() knows no version
 ])
 def test_malloc_environment_changes_nothing_where_it_cannot_help(environ, overrides):
     assert runtime.malloc_environment(environ, **{**LINUX, **overrides}) is None
@@ -194,7 +197,7 @@ def test_malloc_environment_changes_nothing_where_it_cannot_help(environ, overri
 def test_restart_with_malloc_tunables_reexecutes_the_command_line_once(tmp_path):
     """A real restart: the script runs twice (same PID), the second time with the tunable,
     and keeps its interpreter options and arguments."""
-    if runtime.malloc_environment() is None:
+    if runtime.malloc_environment({**os.environ, **ON}) is None:
         pytest.skip("no malloc settings apply on this host (not Linux with glibc >= 2.35)")
     import subprocess
     import sys
@@ -206,8 +209,7 @@ def test_restart_with_malloc_tunables_reexecutes_the_command_line_once(tmp_path)
         "from rankseg_jax import runtime\n"
         "runtime.restart_with_malloc_tunables()\n"
         "print('done', flush=True)\n")
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("GLIBC_TUNABLES", "RANKSEG_JAX_MALLOC_TUNABLES")}
+    env = {**{k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}, **ON}
     want = runtime.malloc_environment(env)["GLIBC_TUNABLES"]
     out = subprocess.run([sys.executable, "-O", str(script), "--x=1"], env=env,
                          capture_output=True, text=True, timeout=120, check=True).stdout
