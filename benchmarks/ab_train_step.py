@@ -118,15 +118,13 @@ class _Undo:
 
     def __enter__(self):
         import jax
-        import jax.numpy as jnp
-        import optax
 
         from rankseg_jax.train import optim
 
-        self.saved = optim.tree_norm, jax.lax.optimization_barrier
+        self.saved = norm, _ = optim.tree_norm, jax.lax.optimization_barrier
         if "norm-matmul" in self.names:
-            optim.tree_norm = lambda tree, platform=None: optax.global_norm(
-                jax.tree.map(lambda x: x.astype(jnp.float32), tree))
+            # tree_norm's GPU/TPU form (optax's reductions) whatever the platform.
+            optim.tree_norm = lambda tree, platform=None: norm(tree, "gpu")
         if "scale-barrier" in self.names:
             # The barrier's only use in the step is the attention-dropout logits.
             jax.lax.optimization_barrier = lambda x: x
