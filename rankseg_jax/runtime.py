@@ -28,15 +28,16 @@ the benchmarks and `tests/conftest.py` (CPU flags only). Library users who impor
     and one-pass dropout bits".
 * `restart_with_malloc_tunables()` (first thing in `main.py` and the step benchmarks),
   opt-in with `RANKSEG_JAX_MALLOC_TUNABLES=1`: restarts the process, once, with glibc
-  malloc settings added to GLIBC_TUNABLES (`MALLOC_TUNABLES`). XLA:CPU allocates each
-  step's buffers with malloc; by default a buffer above malloc's mmap threshold (32 MiB at
-  most) is mapped fresh on every step and faulted in 4 KiB at a time: 206 000 page faults
-  per step for the ViT-S/16 baseline at K = 847. With the settings: ~770, and on an idle
-  2-core host ViT-S/16 steps 7-25% faster; but with another large process on the host
-  some steps stalled (memory compaction for the huge pages), so it is not the default.
-  `BENCHMARKS.md`, "CPU speed: malloc settings". glibc reads tunables only at process
-  start, hence the restart. Nothing happens off Linux, with glibc < 2.35, or when
-  GLIBC_TUNABLES already names every setting (yours win).
+  malloc settings added to GLIBC_TUNABLES (`MALLOC_TUNABLES`: transparent huge pages for
+  what malloc maps). XLA:CPU allocates each execution's temp buffer (the program's "temp"
+  memory, e.g. 805 MiB for the ViT-S/16 baseline step at K = 847) with malloc, which maps
+  it afresh and unmaps it on free: by default the kernel faults it in 4 KiB at a time on
+  every step (206 000 faults per step there). With huge pages: ~770 faults of 2 MiB, and
+  on an idle 2-core host ViT-S/16 steps 14-27% faster; but with another large process on
+  the host some steps stalled (the kernel compacting memory to find huge pages), so it is
+  not the default. `BENCHMARKS.md`, "CPU speed: malloc settings". glibc reads tunables
+  only at process start, hence the restart. Nothing happens off Linux, with
+  glibc < 2.35, or when GLIBC_TUNABLES already names the setting (yours wins).
 * `enable_compilation_cache(path)` (the CLI: `--compilation_cache_dir`, default
   `~/.cache/rankseg_jax/xla`, `cache_dir_setting`) turns on JAX's persistent compilation
   cache (an LRU directory, capped at `max_bytes`), so a restarted run loads its compiled
@@ -94,11 +95,12 @@ def configure_cpu_flags(environ: dict | None = None) -> list[str]:
 
 
 # glibc malloc settings for XLA:CPU's per-step buffers (see the module docstring), opt-in:
-# transparent huge pages for what malloc maps, and freed memory kept for the next step (no
-# mmap'd chunks, which are unmapped on free; no heap trimming; two arenas, so that buffers
-# freed by XLA's threads go back to heaps that keep them).
-MALLOC_TUNABLES = ("glibc.malloc.hugetlb=1", "glibc.malloc.arena_max=2",
-                   "glibc.malloc.mmap_max=0", "glibc.malloc.trim_threshold=4294967296")
+# transparent huge pages for what malloc maps (glibc madvises its mmaps MADV_HUGEPAGE), so
+# that the step's temp buffer, mapped afresh on every execution, faults in 2 MiB at a time.
+# Settings that keep freed memory instead (arena_max=1, mmap_max=0, a large trim_threshold)
+# removed the faults altogether but made the step slower (BENCHMARKS.md, "CPU speed: malloc
+# settings"), so they are not part of it.
+MALLOC_TUNABLES = ("glibc.malloc.hugetlb=1",)
 MALLOC_ENV = "RANKSEG_JAX_MALLOC_TUNABLES"
 
 
