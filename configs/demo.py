@@ -6,9 +6,9 @@ No download: the synthetic dataset (rankseg_jax/synthetic.py) is generated on th
 48 classes in 8 scene types, locally ambiguous class pairs that only the whole image
 disambiguates, and 2-8 classes per image. The model is a 4-layer ViT of width 96 on 128x128
 crops (8x8 patch grid), RankSeg keeps kappa = 16 of the 48 classes per image. It trains
-1500 steps of batch 8 (the steps take ~2.5 minutes on an idle 2-core CPU, plus about a minute
-of compiling; measured up to 16 minutes when the two cores were shared with other jobs),
-writes checkpoints,
+1500 steps of batch 8 (the whole run, compiling included, took 106 s on an idle 2-core AMD
+EPYC CPU; measured up to 16 minutes on an earlier host whose two cores were shared with
+other jobs), writes checkpoints,
 TensorBoard logs and metrics.jsonl, and ends with an evaluation table. `:baseline` trains
 the Segmenter baseline for comparison; `:steps=300` is a quicker look.
 """
