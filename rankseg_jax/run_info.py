@@ -10,7 +10,13 @@ elsewhere still says which code, libraries and options made it.
                   "grain"},
      "config_file": "configs/demo.py:steps=300" | null, "variant": "steps=300" | "",
      "overrides": {"train.steps": 5, ...}, "command": "python main.py ...",
+     "environment": {"XLA_FLAGS": "...", "GLIBC_TUNABLES": "...", ...} (those set),
+     "devices": {"platform": "gpu", "kind": "NVIDIA H200", "count": 8, "processes": 1},
      "created": "2025-01-01T10:00:00", "config": {... the resolved config ...}}
+
+The environment variables recorded are the ones that change how a run computes or how fast
+(`ENVIRONMENT_VARIABLES`): XLA's flags change float32 summation order, the malloc settings
+the step time.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import datetime
 import functools
 import importlib.metadata
 import json
+import os
 import pathlib
 import platform
 import subprocess
@@ -26,6 +33,10 @@ import sys
 
 RUN_INFO_FILE = "run_info.json"
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "grain")
+ENVIRONMENT_VARIABLES = ("XLA_FLAGS", "LIBTPU_INIT_ARGS", "JAX_PLATFORMS",
+                         "JAX_DEFAULT_MATMUL_PRECISION", "JAX_ENABLE_X64",
+                         "JAX_DEFAULT_PRNG_IMPL", "GLIBC_TUNABLES",
+                         "RANKSEG_JAX_MALLOC_TUNABLES", "CUDA_VISIBLE_DEVICES")
 
 
 def versions() -> dict[str, str]:
@@ -37,6 +48,22 @@ def versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             out[name] = "not installed"
     return out
+
+
+def environment(environ: dict | None = None) -> dict[str, str]:
+    """{name: value} of the `ENVIRONMENT_VARIABLES` set in `environ` (default `os.environ`)."""
+    env = os.environ if environ is None else environ
+    return {name: env[name] for name in ENVIRONMENT_VARIABLES if name in env}
+
+
+def devices() -> dict:
+    """{'platform': 'cpu', 'kind': 'cpu', 'count': 1, 'processes': 1}: jax's global devices
+    (initialises jax's backend if nothing has yet)."""
+    import jax
+
+    devs = jax.devices()
+    return {"platform": devs[0].platform, "kind": devs[0].device_kind, "count": len(devs),
+            "processes": jax.process_count()}
 
 
 @functools.lru_cache(maxsize=1)
@@ -62,7 +89,8 @@ def collect(config, *, config_file: str | None = None, overrides: dict | None = 
     """The run-info dict (module docstring) of `config`.
 
     config_file: the `--config` value with its variant ('configs/demo.py:steps=300');
-    overrides: the `--config.x=y` values.
+    overrides: the `--config.x=y` values. Initialises jax's backend if nothing has yet
+    (`devices`), so set XLA_FLAGS before calling it.
     """
     from rankseg_jax import __version__
 
@@ -70,7 +98,8 @@ def collect(config, *, config_file: str | None = None, overrides: dict | None = 
     return {"rankseg_jax": __version__, "git": git_revision(), "versions": versions(),
             "config_file": config_file, "variant": variant,
             "overrides": {k: _jsonable(v) for k, v in (overrides or {}).items()},
-            "command": " ".join(sys.argv),
+            "command": " ".join(sys.argv), "environment": environment(),
+            "devices": devices(),
             "created": datetime.datetime.now().isoformat(timespec="seconds"),
             "config": json.loads(_config_json(config))}
 

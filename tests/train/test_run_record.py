@@ -3,13 +3,23 @@ a restart, percent metric names, the best step across a restart (--checkpoint=be
 end-of-run summary, the ETA without the compiling step, a profile window."""
 
 import json
+import os
 
+import jax
 import pytest
 from helpers import small_train_config
 
 from rankseg_jax import checkpointing, run_info
 from rankseg_jax.config import serialization
 from rankseg_jax.train import loop as train
+
+
+def test_run_info_records_the_environment_that_changes_a_run():
+    env = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1", "XLA_FLAGS": "--x=1", "HOME": "/h",
+           "JAX_PLATFORMS": ""}
+    assert run_info.environment(env) == {"XLA_FLAGS": "--x=1", "JAX_PLATFORMS": "",
+                                         "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+    assert run_info.environment({}) == {}
 
 
 def test_run_record_across_a_restart(tmp_path, monkeypatch):
@@ -30,6 +40,9 @@ def test_run_record_across_a_restart(tmp_path, monkeypatch):
     assert set(saved["versions"]) >= {"python", "jax", "jaxlib", "flax", "optax",
                                       "orbax-checkpoint", "numpy"}
     assert saved["git"] == run_info.git_revision() != ""
+    assert saved["environment"].get("XLA_FLAGS") == os.environ.get("XLA_FLAGS")
+    assert saved["devices"] == {"platform": "cpu", "kind": "cpu",
+                                "count": len(jax.devices()), "processes": 1}
     assert saved["config"] == json.loads(serialization.to_json(c2))
     step1 = checkpointing.read_step_info(tmp_path / "checkpoints" / "1")
     assert step1["variant"] == "steps=2" and step1["overrides"] == {"a.b": 1}
