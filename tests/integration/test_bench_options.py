@@ -1,5 +1,6 @@
 """The benchmarks' option parsing: ab_train_step's `mesh:` and `undo:` variants and vs_official's
-`--ours_python` fail with a message naming the bad part, before anything is compiled."""
+`--ours_python` fail with a message naming the bad part, before anything is compiled; the
+rows prepared for a lent GPU are valid jobs."""
 
 import pathlib
 import re
@@ -112,3 +113,29 @@ def test_build_file_config_reads_a_config_file_and_names_a_missing_one():
     assert c.model.mask2former.num_queries == 120 and c.model.dtype == "bfloat16"
     with pytest.raises(SystemExit, match="config file 'nope.py' not found"):
         ts.build_file_config("nope.py", None, None, 1, "float32", False)
+
+
+def test_the_prepared_gpu_rows_are_valid_jobs():
+    """benchmarks/gpu_session.sh feeds each row of gpu_rows.json, with its defaults, to
+    `train_step.py --worker`; a bad row would be found only on a lent GPU, so every row is
+    checked here: `measure`'s arguments, and a config that validates for a GPU backend."""
+    import inspect
+    import json
+
+    ts = pytest.importorskip("train_step")
+    script = ROOT / "benchmarks" / "gpu_session.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    defaults = {"dtype": "bfloat16", "remat": False, "steps": 20, "warmup": 3, "overrides": []}
+    text = script.read_text()
+    # The Python dict literal in the script's row loop.
+    assert all(f'"{key}": {json.dumps(v) if isinstance(v, str) else repr(v)}' in text
+               for key, v in defaults.items())
+    params = inspect.signature(ts.measure).parameters
+    rows = json.loads((ROOT / "benchmarks" / "gpu_rows.json").read_text())
+    assert rows
+    for row in rows:
+        job = {**defaults, **{k: v for k, v in row.items() if k != "xla_flags"}}
+        assert set(job) <= set(params), row
+        c = ts.build_config(job["preset"], job["size"], job["k"], job["kappa"], job["batch"],
+                            job["dtype"], job["remat"], tuple(job["overrides"]), backend="gpu")
+        assert c.train.batch_size == job["batch"] and c.model.dtype == job["dtype"]
