@@ -46,13 +46,18 @@ def test_one_pass_loss_and_accuracy_equal_log_softmax_and_argmax(average):
     np.testing.assert_allclose(grad(logits), ref_grad(logits), rtol=1e-5, atol=1e-7)
 
 
-def _steps(config, n=2):
-    """Params after n steps from the config's random init (same batch, key 0)."""
+def _setup_step_batch(config):
+    """(setup, the jitted train step, the config's first training batch on the mesh)."""
     setup = ts.make_setup(config, sharding.make_mesh(config))
-    state = ts.init_state(setup)
-    step = ts.make_train_step(setup)
     batch = input_pipeline.to_global(next(input_pipeline.make_train_iterator(config)),
                                      sharding.batch_sharding(setup.mesh))
+    return setup, ts.make_train_step(setup), batch
+
+
+def _steps(config, n=2):
+    """Params after n steps from the config's random init (same batch, key 0)."""
+    setup, step, batch = _setup_step_batch(config)
+    state = ts.init_state(setup)
     for _ in range(n):
         state, _ = step(state, batch, jax.random.PRNGKey(0))
     return jax.device_get(state["params"])
@@ -67,11 +72,8 @@ def test_the_step_takes_its_norms_in_the_form_for_its_mesh_platform(platform, mo
     mesh = sharding.make_mesh(config)
     assert ts.mesh_platform(mesh) == "cpu"
     monkeypatch.setattr(ts, "mesh_platform", lambda m: platform)
-    setup = ts.make_setup(config, mesh)
-    batch = input_pipeline.to_global(next(input_pipeline.make_train_iterator(config)),
-                                     sharding.batch_sharding(setup.mesh))
-    text = ts.make_train_step(setup).lower(setup.abstract_state, batch,
-                                           jax.random.PRNGKey(0)).as_text()
+    setup, step, batch = _setup_step_batch(config)
+    text = step.lower(setup.abstract_state, batch, jax.random.PRNGKey(0)).as_text()
     grams = text.count("-> tensor<16x16xf32>")
     if platform == "cpu":
         # Four norms over the parameter-shaped trees, one product per leaf of >= 4096.
@@ -83,11 +85,7 @@ def test_the_step_takes_its_norms_in_the_form_for_its_mesh_platform(platform, mo
 def test_the_step_updates_its_state_in_place():
     """The state is donated and every leaf of the new state lives in its old buffer: no copy
     of the parameters and optimizer state per step, and no second copy in memory."""
-    config = small_train_config()
-    setup = ts.make_setup(config, sharding.make_mesh(config))
-    step = ts.make_train_step(setup)
-    batch = input_pipeline.to_global(next(input_pipeline.make_train_iterator(config)),
-                                     sharding.batch_sharding(setup.mesh))
+    setup, step, batch = _setup_step_batch(small_train_config())
     state, _ = step(ts.init_state(setup), batch, jax.random.PRNGKey(0))
     old = jax.tree_util.tree_leaves(state)
     addresses = [leaf.unsafe_buffer_pointer() for leaf in old]
