@@ -258,9 +258,11 @@ def environment() -> dict:
     import jax
     import jaxlib
 
+    from rankseg_jax import run_info
+
     rev = git_commit()
-    dev = jax.devices()[0]
-    return {"device": f"{dev.platform}:{dev.device_kind} x{jax.device_count()}",
+    dev = run_info.devices()
+    return {"device": f"{dev['platform']}:{dev['kind']} x{dev['count']}",
             "cpu": cpu_model(), "cores": os.cpu_count(),
             "python": platform.python_version(), "jax": jax.__version__,
             "jaxlib": jaxlib.__version__, "flax": flax.__version__,
