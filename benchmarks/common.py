@@ -205,6 +205,21 @@ def memory_numbers(compiled) -> dict:
             "gflops": xla_flops(compiled) / 1e9}
 
 
+def minor_faults() -> int:
+    """Minor page faults of this process so far (`getrusage`; 0 where it does not exist).
+
+    Around a timed CPU step, faults x 4 KiB is the memory the step mapped afresh: XLA:CPU
+    mallocs each execution's temp buffer, glibc maps it and unmaps it on free, and the
+    kernel faults it in page by page on every step (BENCHMARKS.md, "CPU speed: malloc
+    settings"). On GPU/TPU it counts only the host side.
+    """
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def peak_device_memory_MiB() -> float | None:
     """Peak bytes in use on device 0 (GPU/TPU allocators report it; CPU does not)."""
     import jax

@@ -36,6 +36,7 @@ from common import (  # noqa: E402
     environment,
     markdown_section,
     memory_numbers,
+    minor_faults,
     peak_device_memory_MiB,
     peak_tflops,
     run_workers,
@@ -182,17 +183,19 @@ def measure(preset: str, size: int, k: int, kappa: int, batch: int, dtype: str, 
     t = time.perf_counter()
     compiled = step_fn.lower(state, data, key).compile()
     compile_s = time.perf_counter() - t
-    times, cpu = [], []
+    times, cpu, faults = [], [], []
     with timing_turn():  # alone on the device when the workers run in parallel
         for _ in range(warmup):
             state, metrics = compiled(state, data, key)
         jax.block_until_ready(metrics)
         for _ in range(steps):
+            f = minor_faults()
             t, p = time.perf_counter(), time.process_time()
             state, metrics = compiled(state, data, key)
             jax.block_until_ready(metrics)
             times.append(time.perf_counter() - t)
             cpu.append(time.process_time() - p)
+            faults.append(minor_faults() - f)
     step_s = statistics.median(times)
     numbers = memory_numbers(compiled)
     tflops = numbers["gflops"] / 1e3 / step_s
@@ -200,6 +203,7 @@ def measure(preset: str, size: int, k: int, kappa: int, batch: int, dtype: str, 
     return {"preset": preset, "size": size, "K": k, "kappa": kappa or None, "batch": batch,
             "dtype": dtype, "remat": remat, "compile_s": round(compile_s, 1),
             "step_s": step_s, "cpu_s": statistics.median(cpu),
+            "faults_per_step": statistics.median(faults),
             "images_per_s": batch / step_s, "tflops_per_s": tflops,
             "mfu": None if peak is None else tflops / peak,
             "peak_MiB": peak_device_memory_MiB(), "overrides": list(overrides),
@@ -218,9 +222,10 @@ def describe(r: dict) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| model | size | K | kappa | batch | dtype | step (s) | CPU s/step | images/s |"
-             " compile (s) | GFLOPs/step | TFLOP/s | MFU | XLA temp (MiB) | peak (MiB) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | size | K | kappa | batch | dtype | step (s) | CPU s/step | faults/step |"
+             " images/s | compile (s) | GFLOPs/step | TFLOP/s | MFU | XLA temp (MiB) |"
+             " peak (MiB) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         model = describe(r)
         if "error" in r:
@@ -232,7 +237,7 @@ def table(rows: list[dict]) -> str:
         lines.append(
             f"| {model} | {r['size']}² | {r['K']} |"
             f" {r['kappa'] or '-'} | {r['batch']} | {r['dtype']} | {r['step_s']:.3f} |"
-            f" {r['cpu_s']:.3f} |"
+            f" {r['cpu_s']:.3f} | {r['faults_per_step']:.0f} |"
             f" {r['images_per_s']:.2f} | {r['compile_s']:.0f} | {r['gflops']:.0f} |"
             f" {r['tflops_per_s']:.3f} | {mfu} | {r['temp_MiB']:.0f} | {peak} |")
     return "\n".join(lines)

@@ -1,6 +1,6 @@
 """The benchmarks' option parsing: ab_train_step's `mesh:` and `undo:` variants and vs_official's
 `--ours_python` fail with a message naming the bad part, before anything is compiled; the
-rows prepared for a lent GPU are valid jobs."""
+rows prepared for a lent GPU are valid jobs; the train-step table's columns."""
 
 import pathlib
 import re
@@ -139,3 +139,28 @@ def test_the_prepared_gpu_rows_are_valid_jobs():
         c = ts.build_config(job["preset"], job["size"], job["k"], job["kappa"], job["batch"],
                             job["dtype"], job["remat"], tuple(job["overrides"]), backend="gpu")
         assert c.train.batch_size == job["batch"] and c.model.dtype == job["dtype"]
+
+
+def test_the_train_step_table_reports_page_faults_per_step():
+    """`train_step.py`'s faults/step column: the minor page faults around each timed step
+    (faults x 4 KiB = the memory XLA:CPU mapped afresh for that step)."""
+    import numpy as np
+
+    common = pytest.importorskip("common")
+    before = common.minor_faults()
+    # 64 MiB: above glibc's largest mmap threshold (32 MiB), so always mapped afresh (a
+    # smaller block may reuse heap pages that an earlier test already faulted in).
+    touched = np.ones(64 * 2**20, np.uint8)
+    assert touched.sum() == 64 * 2**20
+    assert common.minor_faults() > before
+    ts = pytest.importorskip("train_step")
+    row = {"preset": "s16", "size": 256, "K": 150, "kappa": 50, "batch": 1,
+           "dtype": "float32", "remat": False, "overrides": [], "step_s": 0.3, "cpu_s": 0.5,
+           "faults_per_step": 58123.0, "images_per_s": 3.3, "compile_s": 10.0,
+           "gflops": 51.0, "tflops_per_s": 0.17, "mfu": None, "temp_MiB": 233.0,
+           "peak_MiB": None}
+    header, _, line = ts.table([row]).splitlines()
+    cells = dict(zip([h.strip() for h in header.strip("|").split("|")],
+                     [c.strip() for c in line.strip("|").split("|")], strict=True))
+    assert cells["faults/step"] == "58123" and cells["CPU s/step"] == "0.500"
+    assert cells["XLA temp (MiB)"] == "233"
