@@ -205,8 +205,8 @@ def memory_numbers(compiled) -> dict:
             "gflops": xla_flops(compiled) / 1e9}
 
 
-def minor_faults() -> int:
-    """Minor page faults of this process so far (`getrusage`; 0 where it does not exist).
+def minor_faults() -> int | None:
+    """Minor page faults of this process so far (`getrusage`; None where it does not exist).
 
     Around a timed CPU step, faults x 4 KiB is the memory the step mapped afresh: XLA:CPU
     mallocs each execution's temp buffer, glibc maps it and unmaps it on free, and the
@@ -215,8 +215,8 @@ def minor_faults() -> int:
     """
     try:
         import resource
-    except ImportError:  # not on Windows
-        return 0
+    except ImportError:  # not on Windows: not measured (rather than a made-up 0)
+        return None
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 

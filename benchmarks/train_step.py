@@ -195,7 +195,7 @@ def measure(preset: str, size: int, k: int, kappa: int, batch: int, dtype: str, 
             jax.block_until_ready(metrics)
             times.append(time.perf_counter() - t)
             cpu.append(time.process_time() - p)
-            faults.append(minor_faults() - f)
+            faults.append(None if f is None else minor_faults() - f)
     step_s = statistics.median(times)
     numbers = memory_numbers(compiled)
     tflops = numbers["gflops"] / 1e3 / step_s
@@ -203,7 +203,7 @@ def measure(preset: str, size: int, k: int, kappa: int, batch: int, dtype: str, 
     return {"preset": preset, "size": size, "K": k, "kappa": kappa or None, "batch": batch,
             "dtype": dtype, "remat": remat, "compile_s": round(compile_s, 1),
             "step_s": step_s, "cpu_s": statistics.median(cpu),
-            "faults_per_step": statistics.median(faults),
+            "faults_per_step": None if None in faults else statistics.median(faults),
             "images_per_s": batch / step_s, "tflops_per_s": tflops,
             "mfu": None if peak is None else tflops / peak,
             "peak_MiB": peak_device_memory_MiB(), "overrides": list(overrides),
@@ -234,10 +234,11 @@ def table(rows: list[dict]) -> str:
             continue
         mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
         peak = "-" if r["peak_MiB"] is None else f"{r['peak_MiB']:.0f}"
+        faults = "-" if r["faults_per_step"] is None else f"{r['faults_per_step']:.0f}"
         lines.append(
             f"| {model} | {r['size']}² | {r['K']} |"
             f" {r['kappa'] or '-'} | {r['batch']} | {r['dtype']} | {r['step_s']:.3f} |"
-            f" {r['cpu_s']:.3f} | {r['faults_per_step']:.0f} |"
+            f" {r['cpu_s']:.3f} | {faults} |"
             f" {r['images_per_s']:.2f} | {r['compile_s']:.0f} | {r['gflops']:.0f} |"
             f" {r['tflops_per_s']:.3f} | {mfu} | {r['temp_MiB']:.0f} | {peak} |")
     return "\n".join(lines)

@@ -164,3 +164,6 @@ def test_the_train_step_table_reports_page_faults_per_step():
                      [c.strip() for c in line.strip("|").split("|")], strict=True))
     assert cells["faults/step"] == "58123" and cells["CPU s/step"] == "0.500"
     assert cells["XLA temp (MiB)"] == "233"
+    # Where getrusage does not exist the column says "not measured", not 0.
+    header, _, line = ts.table([{**row, "faults_per_step": None}]).splitlines()
+    assert line.split("|")[9].strip() == "-" and header.split("|")[9].strip() == "faults/step"
